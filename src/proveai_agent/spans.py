@@ -101,3 +101,5 @@ class Batch:
     metrics: list[MetricPoint] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     dropped_metrics: int = 0
+    ignored_records: int = 0
+    """Log records accepted but not stored: they carry no GenAI event."""

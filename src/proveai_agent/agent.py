@@ -1,0 +1,184 @@
+"""The agent process: wires store, metrics, watcher, cases and API, and runs their loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from .api.app import make_app
+from .api.auth import KeyRing
+from .cases.service import CaseService, rfc3339, summary
+from .config import Config
+from .hub import Hub
+from .metrics.derive import SpanMetrics
+from .spans import Batch
+from .store import db
+from .store.cases import CaseStore
+from .store.spans import SpanStore
+from .watch import detectors
+from .watch.overview import overview as build_overview
+from .watch.promql import MetricsSource, SourceError
+from .watch.schemes import Scheme, detect
+
+logger = logging.getLogger(__name__)
+
+
+class _Collector:
+    def __init__(self, metrics: SpanMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Any:
+        return self._metrics.collect()
+
+
+class Agent:
+    """One agent: `await start()`, serve, `await stop()`."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.keys = KeyRing(config.api_keys, config.keys_file)
+        hold = config.new_series_hold_s
+        self.metrics = SpanMetrics(config.derive_metrics, config.series_cap, hold)
+        self.metrics_registry = CollectorRegistry(auto_describe=False)
+        self.metrics_registry.register(_Collector(self.metrics))  # type: ignore[arg-type]
+        self.hub = Hub()
+        self.prometheus = (
+            MetricsSource("prometheus", config.prometheus_url)
+            if config.prometheus_url
+            else None
+        )
+        self.victoriametrics = (
+            MetricsSource("victoriametrics", config.victoriametrics_url)
+            if config.victoriametrics_url
+            else None
+        )
+        self.scheme: Scheme | None = None
+        self._overview_cache: dict[int, tuple[float, dict[str, Any]]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._runner: web.AppRunner | None = None
+        self.url: str | None = None
+
+    async def start(self) -> None:
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self._writer = await db.connect(self.config.db_path)
+        await db.migrate(self._writer)
+        self._reader = await db.connect(self.config.db_path)
+        self.span_store = SpanStore(self._writer, self._reader)
+        self.span_store.start()
+        self.case_store = CaseStore(self._writer, self._reader)
+        self.case_service = CaseService(
+            self.case_store,
+            self.span_store,
+            self.config.grouping_window_s,
+            self.config.exemplar_traces,
+        )
+        self.case_service.listeners.append(self._publish_case)
+        if not len(self.keys):
+            logger.warning("no API keys configured: every request except open routes gets 401")
+        self._runner = web.AppRunner(make_app(self), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port, backlog=1024)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://{self.config.host}:{port}"
+        logger.info("listening on %s, data in %s", self.url, self.config.data_dir)
+        self._tasks.append(asyncio.create_task(self._watch_loop(), name="watch"))
+        self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.span_store.stop()
+        await self._reader.close()
+        await self._writer.close()
+
+    async def ingest(self, batch: Batch, signal: str) -> None:
+        """Commit a decoded request, then count it; raises StoreUnavailable when not stored."""
+        await self.span_store.write(batch.spans, batch.details)
+        self.metrics.observe(batch, signal)
+
+    async def overview(self, range_s: int) -> dict[str, Any]:
+        """The overview, computed at most once per second per range for all callers."""
+        now = time.time()
+        cached = self._overview_cache.get(range_s)
+        if cached and now - cached[0] < 1.0:
+            return cached[1]
+        data = await build_overview(
+            self.prometheus,
+            self.victoriametrics,
+            now,
+            range_s=range_s,
+            retention_s=self.config.prometheus_retention_s,
+        )
+        self._overview_cache[range_s] = (now, data)
+        return data
+
+    async def _publish_case(self, doc: dict[str, Any]) -> None:
+        self.hub.publish("case", summary(doc))
+
+    async def _watch_loop(self) -> None:
+        interval = self.config.scrape_interval_s
+        while True:
+            started = time.monotonic()
+            try:
+                await self.watch_once(time.time())
+            except Exception:
+                logger.exception("watch cycle failed")
+            await asyncio.sleep(max(0.1, interval - (time.monotonic() - started)))
+
+    async def watch_once(self, now: float) -> None:
+        """One detection cycle at `now`: read the metrics back, raise signals, update cases."""
+        source = self.prometheus or self.victoriametrics
+        if source is None:
+            return
+        try:
+            if self.scheme is None:
+                self.scheme = await detect(source, now)
+                if self.scheme is None:
+                    return
+                logger.info("spanmetrics found: %s", self.scheme.prefix)
+            found = await detectors.evaluate(source, self.scheme, now, self.config.detector)
+        except SourceError:
+            return  # the source records the error and logs state changes itself
+        for signal in found:
+            await self.case_service.on_signal(signal)
+        if len(self.hub):
+            self.hub.publish("overview", await self.overview(900))
+
+    async def _retention_loop(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            try:
+                await self.span_store.prune(
+                    self.config.retention_age_s, self.config.retention_bytes
+                )
+            except Exception:
+                logger.exception("retention failed")
+
+
+async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
+    """Run the agent until cancelled."""
+    agent = Agent(config)
+    await agent.start()
+    if ready is not None:
+        ready.set()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await agent.stop()
+
+
+__all__ = ["Agent", "rfc3339", "serve"]

@@ -1,0 +1,177 @@
+"""The JSON API the console and operators' scripts use (shapes as the design's contracts say)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSMsgType, web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..cases.service import parse_case_id, summary
+
+if TYPE_CHECKING:
+    from ..agent import Agent
+
+logger = logging.getLogger(__name__)
+
+TRACE_ID = re.compile(r"^[0-9a-fA-F]{32}$")
+RANGES = {
+    "15m": 900,
+    "1h": 3600,
+    "6h": 21600,
+    "24h": 86400,
+    "7d": 604800,
+    "30d": 2592000,
+    "90d": 7776000,
+    "365d": 31536000,
+}
+
+
+def error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def error_for(request: web.Request, status: int, message: str) -> web.StreamResponse:
+    """Errors in the encoding the route speaks: OTLP status for /v1/*, JSON elsewhere."""
+    if request.path.startswith("/v1/"):
+        from .otlp_http import status_response
+
+        return status_response(request, status, message)
+    response = error(status, message)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Basic realm="proveai"'
+    return response
+
+
+async def json_body(request: web.Request, limit: int = 1 << 20) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise _bad(f"body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise _bad("body must be a JSON object")
+    return value
+
+
+def _bad(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(
+        text=json.dumps({"error": message}), content_type="application/json"
+    )
+
+
+def setup(app: web.Application, agent: Agent) -> None:
+    routes = web.RouteTableDef()
+
+    @routes.get("/healthz")
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    @routes.get("/metrics")
+    async def metrics(request: web.Request) -> web.Response:
+        body = generate_latest(agent.metrics_registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @routes.get("/api/overview")
+    async def overview(request: web.Request) -> web.Response:
+        name = request.query.get("range", "15m")
+        if name not in RANGES:
+            return error(400, f"range must be one of {', '.join(RANGES)}")
+        return web.json_response(await agent.overview(RANGES[name]))
+
+    @routes.get("/api/cases")
+    async def list_cases(request: web.Request) -> web.Response:
+        q = request.query
+        try:
+            limit = int(q.get("limit", "100"))
+        except ValueError:
+            return error(400, "limit must be an integer")
+        if not 1 <= limit <= 1000:
+            return error(400, "limit must be between 1 and 1000")
+        cursor = q.get("cursor")
+        before = None
+        if cursor:
+            before = parse_case_id(cursor)
+            if before is None:
+                return error(400, "cursor must be a case id such as CASE-12")
+        docs, total = await agent.case_store.list(
+            state=q.get("state") or None,
+            failure_class=q.get("class") or None,
+            service=q.get("service") or None,
+            text=q.get("q") or None,
+            limit=limit,
+            before=before,
+        )
+        items = [summary(d) for d in docs]
+        next_cursor = items[-1]["id"] if len(items) == limit else None
+        return web.json_response({"items": items, "next": next_cursor, "total": total})
+
+    @routes.get("/api/cases/{case_id}")
+    async def get_case(request: web.Request) -> web.Response:
+        number = parse_case_id(request.match_info["case_id"])
+        doc = await agent.case_store.get(number) if number is not None else None
+        if doc is None:
+            return error(404, f"no case {request.match_info['case_id']}")
+        return web.json_response(doc)
+
+    @routes.post("/api/cases")
+    async def open_case(request: web.Request) -> web.Response:
+        body = await json_body(request)
+        trace_id = body.get("trace_id")
+        title = body.get("title")
+        if not isinstance(trace_id, str) or not TRACE_ID.match(trace_id):
+            return error(400, "trace_id must be 32 hexadecimal characters")
+        if not isinstance(title, str) or not title.strip() or len(title) > 500:
+            return error(400, "title must be a non-empty string of at most 500 characters")
+        doc = await agent.case_service.open_manual(trace_id.lower(), title.strip())
+        if doc is None:
+            return error(404, f"no stored trace {trace_id.lower()}")
+        return web.json_response(doc, status=201)
+
+    @routes.get("/api/traces/{trace_id}")
+    async def get_trace(request: web.Request) -> web.Response:
+        trace_id = request.match_info["trace_id"]
+        if not TRACE_ID.match(trace_id):
+            return error(400, "trace id must be 32 hexadecimal characters")
+        spans = await agent.span_store.get_trace(trace_id.lower())
+        if not spans:
+            return error(404, f"no stored trace {trace_id.lower()}")
+        return web.json_response({"trace_id": trace_id.lower(), "spans": spans})
+
+    @routes.get("/api/stream")
+    async def stream(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=20)
+        await ws.prepare(request)
+        queue = agent.hub.subscribe()
+        reader = asyncio.create_task(_drain(ws))
+        try:
+            while not ws.closed and not reader.done():
+                getter = asyncio.create_task(queue.get())
+                done, _ = await asyncio.wait(
+                    {getter, reader}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if getter in done:
+                    await ws.send_json(getter.result())
+                else:
+                    getter.cancel()
+        finally:
+            agent.hub.unsubscribe(queue)
+            reader.cancel()
+            await ws.close()
+        return ws
+
+    app.add_routes(routes)
+
+
+async def _drain(ws: web.WebSocketResponse) -> None:
+    async for message in ws:
+        if message.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
+            break

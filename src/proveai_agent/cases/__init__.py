@@ -1,0 +1,1 @@
+"""Cases: grouping signals, the case document and its context snapshot."""

@@ -1,0 +1,231 @@
+"""Turns signals into cases: opens CASE-n, joins signals of one service, snapshots the context."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from ..signals import Signal
+from ..store.cases import CaseStore
+from ..store.spans import SpanStore
+
+logger = logging.getLogger(__name__)
+
+SEVERITY_ORDER = ("low", "medium", "high", "critical")
+TITLES = {
+    "error_spike": "Error spike",
+    "latency_regression": "Latency regression",
+}
+
+
+def rfc3339(ts: float) -> str:
+    return (
+        datetime.fromtimestamp(ts, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def summary(doc: dict[str, Any]) -> dict[str, Any]:
+    """The case as the case list shows it."""
+    hypotheses = doc.get("hypotheses") or []
+    top = max((h.get("confidence") or 0.0 for h in hypotheses), default=None)
+    return {
+        "id": doc["id"],
+        "title": doc["title"],
+        "state": doc["state"],
+        "severity": doc["severity"],
+        "advisory": doc.get("advisory", False),
+        "service": doc["service"],
+        "trigger": doc["trigger"],
+        "failure_class": doc.get("failure_class"),
+        "opened_at": doc["opened_at"],
+        "updated_at": doc["updated_at"],
+        "signals": len(doc.get("signals", [])),
+        "top_confidence": top,
+    }
+
+
+def parse_case_id(case_id: str) -> int | None:
+    prefix, _, number = case_id.partition("-")
+    if prefix != "CASE" or not number.isdigit() or len(number) > 18:
+        return None
+    return int(number)
+
+
+class CaseService:
+    """Owns case creation and grouping; other parts hand it signals."""
+
+    def __init__(
+        self,
+        cases: CaseStore,
+        spans: SpanStore,
+        grouping_window_s: float,
+        exemplar_traces: int = 5,
+        window_s: float = 300,
+    ) -> None:
+        self.cases = cases
+        self.spans = spans
+        self.grouping_window_s = grouping_window_s
+        self.exemplar_traces = exemplar_traces
+        self.window_s = window_s
+        self._lock = asyncio.Lock()
+        self.listeners: list[Callable[[dict[str, Any]], Awaitable[None]]] = []
+
+    async def on_signal(self, signal: Signal) -> dict[str, Any]:
+        """Open a case for the signal, or add it to the service's open case in the window."""
+        async with self._lock:
+            found = await self.cases.open_case_for(
+                signal.service, signal.at - self.grouping_window_s
+            )
+            if found is None:
+                doc = await self._open(signal)
+            else:
+                number, doc = found
+                self._join(doc, signal)
+                await self.cases.update(number, doc, signal.at, last_signal_at=signal.at)
+        for listener in self.listeners:
+            await listener(doc)
+        return doc
+
+    async def _open(self, signal: Signal) -> dict[str, Any]:
+        at = rfc3339(signal.at)
+        signal_doc = {
+            **signal.to_dict(),
+            "at": at,
+            "first_seen": at,
+            "last_seen": at,
+            "count": 1,
+        }
+        target = f" / {signal.span_name}" if signal.span_name else ""
+        doc: dict[str, Any] = {
+            "id": None,
+            "title": f"{TITLES.get(signal.kind, signal.kind)} in {signal.service}{target}",
+            "state": "DETECTED",
+            "severity": signal.severity,
+            "advisory": False,
+            "service": signal.service,
+            "opened_at": at,
+            "updated_at": at,
+            "trigger": signal.trigger,
+            "failure_class": signal.failure_class,
+            "class_scores": {signal.failure_class: 1.0},
+            "signals": [signal_doc],
+            "context_snapshot": await self._snapshot(signal),
+            "recent_changes": [],
+            "hypotheses": [],
+            "remediation_suggestions": [],
+            "narrative": signal.summary,
+            "timeline": [
+                {"at": at, "type": "signal", "summary": signal.summary},
+                {"at": at, "type": "transition", "to": "DETECTED", "actor": "agent"},
+            ],
+            "resolution": None,
+            "tickets": [],
+        }
+        number = await self.cases.insert(doc, signal.at)
+        logger.info("case CASE-%d opened: %s", number, doc["title"])
+        return doc
+
+    def _join(self, doc: dict[str, Any], signal: Signal) -> None:
+        at = rfc3339(signal.at)
+        doc["updated_at"] = at
+        for existing in doc["signals"]:
+            if f"{existing['kind']}|{existing['service']}|{existing['span_name'] or ''}" == (
+                signal.key
+            ):
+                existing["last_seen"] = at
+                existing["count"] = existing.get("count", 1) + 1
+                existing["evidence"] = signal.evidence
+                break
+        else:
+            doc["signals"].append(
+                {**signal.to_dict(), "at": at, "first_seen": at, "last_seen": at, "count": 1}
+            )
+            doc["timeline"].append({"at": at, "type": "signal", "summary": signal.summary})
+            scores = doc.setdefault("class_scores", {})
+            scores[signal.failure_class] = max(scores.get(signal.failure_class, 0.0), 0.5)
+        if SEVERITY_ORDER.index(signal.severity) > SEVERITY_ORDER.index(doc["severity"]):
+            doc["severity"] = signal.severity
+
+    async def _snapshot(self, signal: Signal) -> dict[str, Any]:
+        until_ns = int(signal.at * 1e9)
+        since_ns = until_ns - int((self.window_s + 60) * 1e9)
+        order = "errors" if signal.kind == "error_spike" else "slowest"
+        trace_ids = await self.spans.exemplar_trace_ids(
+            signal.service, since_ns, until_ns, signal.span_name, order, self.exemplar_traces
+        )
+        traces = []
+        prompts: list[Any] = []
+        outputs: list[Any] = []
+        chunks: list[Any] = []
+        scores: dict[str, list[float]] = {}
+        for trace_id in trace_ids:
+            spans = await self.spans.get_trace(trace_id)
+            traces.append({"trace_id": trace_id, "spans": spans})
+            for span in spans:
+                for message in span.get("messages", []):
+                    target = outputs if message.get("direction") == "output" else prompts
+                    target.append({"span_id": span["span_id"], **message})
+                for chunk in span.get("chunks", []):
+                    chunks.append({"span_id": span["span_id"], **chunk})
+                for name, value in span.get("scores", {}).items():
+                    scores.setdefault(name, []).append(value)
+        return {
+            "traces": traces,
+            "prompts": prompts[:20],
+            "retrieved_chunks": chunks[:20],
+            "model_outputs": outputs[:20],
+            "eval_scores": {k: sum(v) / len(v) for k, v in scores.items()},
+            "infra_metrics": {"signal": signal.evidence},
+        }
+
+    async def open_manual(self, trace_id: str, title: str) -> dict[str, Any] | None:
+        """Open a case by hand from a stored trace; None when the trace is not stored."""
+        spans = await self.spans.get_trace(trace_id)
+        if not spans:
+            return None
+        root = next((s for s in spans if not s["parent_span_id"]), spans[0])
+        now = time.time()
+        at = rfc3339(now)
+        doc: dict[str, Any] = {
+            "id": None,
+            "title": title,
+            "state": "DETECTED",
+            "severity": "medium",
+            "advisory": False,
+            "service": root["service"],
+            "opened_at": at,
+            "updated_at": at,
+            "trigger": "manual",
+            "failure_class": None,
+            "class_scores": {},
+            "signals": [],
+            "context_snapshot": {
+                "traces": [{"trace_id": trace_id, "spans": spans}],
+                "prompts": [],
+                "retrieved_chunks": [],
+                "model_outputs": [],
+                "eval_scores": {},
+                "infra_metrics": {},
+            },
+            "recent_changes": [],
+            "hypotheses": [],
+            "remediation_suggestions": [],
+            "narrative": "",
+            "timeline": [
+                {"at": at, "type": "transition", "to": "DETECTED", "actor": "engineer"}
+            ],
+            "resolution": None,
+            "tickets": [],
+        }
+        async with self._lock:
+            number = await self.cases.insert(doc, now)
+        logger.info("case CASE-%d opened by hand from trace %s", number, trace_id)
+        for listener in self.listeners:
+            await listener(doc)
+        return doc

@@ -1,0 +1,122 @@
+"""The `proveai-agent` command line: serve, demo and simulate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import load
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:8470)")
+    parser.add_argument("--data-dir", type=Path, help="where the database lives")
+    parser.add_argument("--prometheus", help="Prometheus base URL to read metrics from")
+    parser.add_argument("--victoriametrics", help="VictoriaMetrics base URL (long ranges)")
+    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    parser.add_argument("--keys-file", type=Path, help="API keys file, re-read when it changes")
+    parser.add_argument(
+        "--scrape-interval", type=float, help="seconds between detection cycles"
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .simulate import runner
+
+    parser = argparse.ArgumentParser(prog="proveai-agent", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the agent daemon")
+    _serve_arguments(serve)
+
+    demo = commands.add_parser(
+        "demo", help="agent, native Prometheus and VictoriaMetrics, simulator and console"
+    )
+    demo.add_argument("--data-dir", type=Path, help="demo data (default: DATA_DIR/demo)")
+    demo.add_argument("--listen", help="HOST:PORT for the agent (default 127.0.0.1:8470)")
+    demo.add_argument(
+        "--inject",
+        default="latency",
+        choices=["latency", "errors", "none"],
+        help="fault the simulator injects (default latency)",
+    )
+    demo.add_argument(
+        "--at",
+        type=float,
+        default=60.0,
+        help="seconds after start when the fault begins (default 60)",
+    )
+    demo.add_argument("--scrape-interval", type=float, default=10.0)
+    demo.add_argument("--rate", type=float, default=4.0, help="simulated requests per second")
+    demo.add_argument(
+        "--no-console",
+        action="store_true",
+        help="run headless and print where the agent listens",
+    )
+    demo.add_argument("--keep", action="store_true", help="keep the previous demo's data")
+
+    simulate = commands.add_parser("simulate", help="send simulated GenAI traffic over OTLP")
+    runner.add_arguments(simulate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "simulate":
+        from .simulate import runner
+
+        return runner.run(args)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        return run_demo(args)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .agent import serve
+    from .api.auth import ensure_keys_file
+
+    try:
+        config = load(
+            args.config,
+            listen=args.listen,
+            data_dir=args.data_dir,
+            prometheus_url=args.prometheus,
+            victoriametrics_url=args.victoriametrics,
+            keys_file=args.keys_file,
+            scrape_interval_s=args.scrape_interval,
+        )
+    except (OSError, ValueError) as exc:
+        print(f"proveai-agent: {exc}", file=sys.stderr)
+        return 2
+    if config.keys_file is None and not config.api_keys:
+        config.keys_file = Path(config.data_dir) / "keys"
+        ensure_keys_file(config.keys_file)
+        logging.getLogger("proveai_agent").info(
+            "no keys configured: using the keys file %s", config.keys_file
+        )
+
+    async def run() -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)  # type: ignore[union-attr]
+        await serve(config)
+
+    with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
+        asyncio.run(run())
+    return 0

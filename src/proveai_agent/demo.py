@@ -1,0 +1,156 @@
+"""`proveai-agent demo`: agent, native Prometheus and VictoriaMetrics, simulator and console."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from .api.auth import ensure_keys_file
+from .config import default_data_dir
+from .stack.native import NativeStack
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the agent exited with {proc.returncode}; see {log}")
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"the agent did not answer on {url} within {timeout_s:.0f} s; see {log}")
+
+
+def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    data_dir: Path = args.data_dir or default_data_dir() / "demo"
+    if data_dir.exists() and not args.keep:
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    keys = data_dir / "keys"
+    key = ensure_keys_file(keys)
+    scrape_key = data_dir / "scrape.key"
+    scrape_key.write_text(key)
+    scrape_key.chmod(0o600)
+
+    host, _, port_text = (args.listen or "127.0.0.1:8470").rpartition(":")
+    port = int(port_text)
+    if not _port_free(host, port):
+        port = _free_port(host)
+    url = f"http://{host}:{port}"
+    python = sys.executable
+    env = {**os.environ, "PROVEAI_API_KEY": key, "PROVEAI_URL": url}
+    env.pop("PROVEAI_API_KEYS", None)
+
+    stack = NativeStack(
+        data_dir / "stack",
+        agent_target=f"{host}:{port}",
+        agent_key_file=scrape_key,
+        scrape_interval_s=args.scrape_interval,
+    )
+    agent = simulator = None
+    agent_log = data_dir / "agent.log"
+    try:
+        stack.start()
+        print(f"Prometheus       {stack.prometheus_url}")
+        print(f"VictoriaMetrics  {stack.victoriametrics_url}")
+        with open(agent_log, "ab") as log:
+            agent = subprocess.Popen(
+                [
+                    python,
+                    "-m",
+                    "proveai_agent",
+                    "serve",
+                    "--listen",
+                    f"{host}:{port}",
+                    "--data-dir",
+                    str(data_dir / "agent"),
+                    "--keys-file",
+                    str(keys),
+                    "--prometheus",
+                    stack.prometheus_url,
+                    "--victoriametrics",
+                    stack.victoriametrics_url,
+                    "--scrape-interval",
+                    str(args.scrape_interval),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        _wait_healthy(url, agent, agent_log, 30)
+        print(f"agent            {url}  (log {agent_log}, API key in {keys})")
+        sim_cmd = [
+            python,
+            "-m",
+            "proveai_agent",
+            "simulate",
+            "--agent",
+            url,
+            "--api-key",
+            key,
+            "--rate",
+            str(args.rate),
+            "--seed",
+            "1",
+        ]
+        if args.inject != "none":
+            sim_cmd += ["--inject", args.inject, "--at", str(args.at)]
+            print(f"simulator        injects {args.inject} {args.at:.0f} s after start")
+        with open(data_dir / "simulator.log", "ab") as log:
+            simulator = subprocess.Popen(
+                sim_cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        if args.no_console:
+            print("running without console; Ctrl-C stops everything")
+            stop_signals = {signal.SIGINT, signal.SIGTERM}
+            signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+            signal.sigwait(stop_signals)
+            return 0
+        return subprocess.call([python, "-m", "proveai_tui.app", "--agent", url], env=env)
+    except KeyboardInterrupt:
+        return 0
+    except (RuntimeError, OSError) as exc:
+        print(f"proveai-agent demo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        _stop(simulator)
+        _stop(agent)
+        stack.stop()

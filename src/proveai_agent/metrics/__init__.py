@@ -1,0 +1,1 @@
+"""Metrics the agent derives from spans and exposes on /metrics."""

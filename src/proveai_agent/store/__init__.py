@@ -1,0 +1,1 @@
+"""Persistence: the one SQLite file under the data directory, through aiosqlite."""

@@ -1,0 +1,104 @@
+"""Opens the agent's SQLite database (WAL) and applies the versioned schema migrations."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import aiosqlite
+
+logger = logging.getLogger(__name__)
+
+# Each entry migrates the schema from version i to i + 1; PRAGMA user_version holds the version.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE spans (
+        id INTEGER PRIMARY KEY,
+        trace_id TEXT NOT NULL,
+        span_id TEXT NOT NULL,
+        parent_span_id TEXT,
+        service TEXT NOT NULL,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        start_ns INTEGER NOT NULL,
+        end_ns INTEGER NOT NULL,
+        duration_s REAL NOT NULL,
+        model TEXT,
+        operation TEXT,
+        provider TEXT,
+        input_tokens INTEGER,
+        output_tokens INTEGER,
+        finish_reasons TEXT,
+        scores TEXT,
+        body TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX spans_ids ON spans (trace_id, span_id);
+    CREATE INDEX spans_service_start ON spans (service, start_ns);
+    CREATE INDEX spans_start ON spans (start_ns);
+    CREATE TABLE span_details (
+        id INTEGER PRIMARY KEY,
+        trace_id TEXT NOT NULL,
+        span_id TEXT NOT NULL,
+        service TEXT NOT NULL,
+        time_ns INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX span_details_trace ON span_details (trace_id, span_id);
+    CREATE INDEX span_details_time ON span_details (time_ns);
+    CREATE TABLE cases (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        state TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        service TEXT NOT NULL,
+        failure_class TEXT,
+        trigger TEXT NOT NULL,
+        title TEXT NOT NULL,
+        opened_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        last_signal_at REAL NOT NULL,
+        doc TEXT NOT NULL
+    );
+    CREATE INDEX cases_service_state ON cases (service, state);
+    CREATE INDEX cases_updated ON cases (updated_at);
+    """,
+]
+
+
+async def connect(path: Path) -> aiosqlite.Connection:
+    """Open a connection with the pragmas every connection of the agent uses."""
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    await conn.execute("PRAGMA journal_mode=WAL")
+    await conn.execute("PRAGMA synchronous=NORMAL")
+    await conn.execute("PRAGMA busy_timeout=10000")
+    await conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+async def migrate(conn: aiosqlite.Connection) -> int:
+    """Bring the schema up to date; returns the version now in force."""
+    async with conn.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    version = int(row[0]) if row else 0
+    if version > len(MIGRATIONS):
+        raise RuntimeError(
+            f"database schema version {version} is newer than this agent knows "
+            f"({len(MIGRATIONS)}); upgrade the agent"
+        )
+    for target in range(version, len(MIGRATIONS)):
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(MIGRATIONS[target]):
+                await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version={target + 1}")
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+        logger.info("database schema migrated to version %d", target + 1)
+    return len(MIGRATIONS)
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
