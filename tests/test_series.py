@@ -64,7 +64,7 @@ def test_histogram_buckets_are_cumulative_and_le_is_inclusive():
     for value in (0.05, 0.1, 0.3, 0.5, 2.0):
         hist.observe(("x",), value)
     got = scrape(registry)
-    # By hand: <=0.1 holds 0.05 and 0.1; <=0.5 adds 0.3 and 0.5; <=1 adds nothing; +Inf adds 2.0.
+    # By hand: <=0.1 holds 0.05 and 0.1; <=0.5 adds 0.3, 0.5; <=1 adds none; +Inf adds 2.0.
     assert got['demo_seconds_bucket{le="0.1",s="x"}'] == 2
     assert got['demo_seconds_bucket{le="0.5",s="x"}'] == 4
     assert got['demo_seconds_bucket{le="1.0",s="x"}'] == 4

@@ -1,4 +1,4 @@
-"""The span store on a real SQLite file: group commits, trace reads, log-record merge, retention."""
+"""The span store on a real SQLite file: group commits, reads, log-record merge, retention."""
 
 from __future__ import annotations
 

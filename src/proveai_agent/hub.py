@@ -10,7 +10,7 @@ logger = logging.getLogger(__name__)
 
 
 class Hub:
-    """Each subscriber has a bounded queue; a slow one loses its oldest messages, never memory."""
+    """Each subscriber has a bounded queue: a slow one loses its oldest messages, not memory."""
 
     def __init__(self, queue_size: int = 256) -> None:
         self._queues: set[asyncio.Queue[dict[str, Any]]] = set()

@@ -1,4 +1,4 @@
-"""The JSON API the console and operators' scripts use (shapes as the design's contracts say)."""
+"""The JSON API that the console and operators' scripts use, in the shapes of the contracts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Turns signals into cases: opens CASE-n, joins signals of one service, snapshots the context."""
+"""Turns signals into cases: opens CASE-n, joins signals of a service, snapshots context."""
 
 from __future__ import annotations
 

@@ -28,7 +28,8 @@ class CaseStore:
         try:
             cur = await self._writer.execute(
                 "INSERT INTO cases (state, severity, service, failure_class, trigger, title,"
-                " opened_at, updated_at, last_signal_at, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '{}')",
+                " opened_at, updated_at, last_signal_at, doc)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '{}')",
                 (
                     doc["state"],
                     doc["severity"],

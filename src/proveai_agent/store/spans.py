@@ -1,8 +1,9 @@
-"""The span store: batched, group-committed span writes and the queries detectors and the API use."""
+"""The span store: group-committed span writes and the queries of detectors and the API."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -153,14 +154,12 @@ class SpanStore:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
 
     async def write(self, spans: list[Span], details: list[SpanDetail]) -> None:
-        """Persist spans and details; raises StoreUnavailable when they could not be committed."""
+        """Persist spans and details; raises StoreUnavailable when they were not committed."""
         if not spans and not details:
             return
         pending = _Pending(spans, details)
@@ -272,7 +271,8 @@ class SpanStore:
         await conn.execute("DELETE FROM span_details WHERE time_ns < ?", (cutoff,))
         while await self.used_bytes() > max_bytes:
             cur = await conn.execute(
-                "DELETE FROM spans WHERE id IN (SELECT id FROM spans ORDER BY start_ns LIMIT 1000)"
+                "DELETE FROM spans WHERE id IN"
+                " (SELECT id FROM spans ORDER BY start_ns LIMIT 1000)"
             )
             if not cur.rowcount:
                 break
