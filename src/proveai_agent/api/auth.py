@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 ROLES = ("operator", "read")
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+ROLE = web.RequestKey("role", str)
 
 
 def parse_entries(text: str, separator: str | None) -> dict[str, str]:
@@ -149,7 +150,7 @@ def middleware(keys: KeyRing, open_routes: list[str], error: ErrorFactory) -> ob
             return error(request, 401, reason)
         if role == "read" and request.method not in READ_METHODS:
             return error(request, 403, "this key may only read")
-        request["role"] = role
+        request[ROLE] = role
         return await handler(request)
 
     return check
