@@ -81,7 +81,9 @@ class Agent:
         self.case_service.listeners.append(self._publish_case)
         if not len(self.keys):
             logger.warning("no API keys configured: every request except open routes gets 401")
-        self._runner = web.AppRunner(make_app(self), access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            make_app(self), access_log=None, handle_signals=False, auto_decompress=False
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port, backlog=1024)
         await site.start()
