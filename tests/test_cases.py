@@ -1,0 +1,136 @@
+"""Cases: a signal opens CASE-n with its context; signals of a service in the window join it."""
+
+from __future__ import annotations
+
+import time
+
+from agentfix import READ_KEY
+from proveai_agent.signals import Signal
+from proveai_agent.spans import Span
+
+T0 = 1_800_000_000.0
+
+
+def signal(
+    at: float,
+    service: str = "rag-api",
+    kind: str = "latency_regression",
+    span_name: str = "chat",
+    severity: str = "high",
+) -> Signal:
+    return Signal(
+        kind=kind,
+        failure_class="LATENCY_REGRESS" if kind == "latency_regression" else "ERROR_SPIKE",
+        trigger="anomaly_detection",
+        service=service,
+        span_name=span_name,
+        at=at,
+        severity=severity,
+        summary=f"{kind} on {service}",
+        evidence={"current": 6.1, "baseline_median": 0.8},
+    )
+
+
+def span(trace: int, span_id: int, duration_s: float, at: float, **kw) -> Span:
+    fields = dict(
+        trace_id=f"{trace:032x}",
+        span_id=f"{span_id:016x}",
+        parent_span_id=None,
+        service="rag-api",
+        name="chat",
+        kind="SPAN_KIND_CLIENT",
+        status="STATUS_CODE_OK",
+        status_message="",
+        start_ns=int((at - duration_s) * 1e9),
+        end_ns=int(at * 1e9),
+    )
+    fields.update(kw)
+    return Span(**fields)
+
+
+async def test_a_signal_opens_a_detected_case_with_the_slowest_traces_as_exemplars(agent):
+    spans = [span(i, i, 0.5 + i / 10, T0 - 30) for i in range(1, 11)]
+    spans.append(span(99, 99, 50.0, T0 - 30, service="other-service"))
+    await agent.span_store.write(spans, [])
+
+    doc = await agent.case_service.on_signal(signal(T0))
+
+    assert doc["id"] == "CASE-1"
+    assert doc["state"] == "DETECTED"
+    assert doc["trigger"] == "anomaly_detection"
+    assert doc["failure_class"] == "LATENCY_REGRESS"
+    assert [s["kind"] for s in doc["signals"]] == ["latency_regression"]
+    traces = doc["context_snapshot"]["traces"]
+    # The five slowest chat spans of rag-api are traces 10, 9, 8, 7 and 6.
+    assert [t["trace_id"] for t in traces] == [f"{i:032x}" for i in (10, 9, 8, 7, 6)]
+    assert traces[0]["spans"][0]["duration_s"] == 1.5
+
+
+async def test_signals_of_one_service_within_the_window_join_its_case(agent):
+    first = await agent.case_service.on_signal(signal(T0))
+    joined = await agent.case_service.on_signal(
+        signal(T0 + 600, kind="error_spike", severity="critical")
+    )
+    again = await agent.case_service.on_signal(signal(T0 + 700))
+    assert first["id"] == joined["id"] == again["id"] == "CASE-1"
+    # Two distinct findings; the repeated one is counted, not duplicated.
+    assert [(s["kind"], s["count"]) for s in again["signals"]] == [
+        ("latency_regression", 2),
+        ("error_spike", 1),
+    ]
+    assert again["severity"] == "critical"
+
+
+async def test_a_signal_after_the_window_or_for_another_service_opens_a_new_case(agent):
+    await agent.case_service.on_signal(signal(T0))
+    other = await agent.case_service.on_signal(signal(T0 + 10, service="research-agent"))
+    # Grouping counts from the case's last signal: 901 s later is outside the 900 s window.
+    late = await agent.case_service.on_signal(signal(T0 + 901))
+    assert other["id"] == "CASE-2"
+    assert late["id"] == "CASE-3"
+
+
+async def test_case_api_lists_filters_and_pages(agent, http):
+    for i in range(3):
+        await agent.case_service.on_signal(signal(T0 + i * 1000))
+    await agent.case_service.on_signal(signal(T0, service="research-agent", kind="error_spike"))
+    headers = {"X-API-Key": READ_KEY}
+    async with http.get(f"{agent.url}/api/cases?limit=2", headers=headers) as r:
+        page = await r.json()
+    assert page["total"] == 4
+    assert [c["id"] for c in page["items"]] == ["CASE-4", "CASE-3"]
+    assert page["next"] == "CASE-3"
+    async with http.get(f"{agent.url}/api/cases?limit=2&cursor=CASE-3", headers=headers) as r:
+        assert [c["id"] for c in (await r.json())["items"]] == ["CASE-2", "CASE-1"]
+    async with http.get(f"{agent.url}/api/cases?class=ERROR_SPIKE", headers=headers) as r:
+        assert [c["service"] for c in (await r.json())["items"]] == ["research-agent"]
+    async with http.get(f"{agent.url}/api/cases?q=research", headers=headers) as r:
+        assert (await r.json())["total"] == 1
+    async with http.get(f"{agent.url}/api/cases?state=open", headers=headers) as r:
+        assert (await r.json())["total"] == 4
+    async with http.get(f"{agent.url}/api/cases/CASE-2", headers=headers) as r:
+        case = await r.json()
+    assert case["id"] == "CASE-2" and case["state"] == "DETECTED"
+    for bad in ("CASE-99", "case-1", "CASE-x"):
+        async with http.get(f"{agent.url}/api/cases/{bad}", headers=headers) as r:
+            assert r.status == 404
+    async with http.get(f"{agent.url}/api/cases?limit=0", headers=headers) as r:
+        assert r.status == 400
+
+
+async def test_a_case_can_be_opened_by_hand_from_a_stored_trace(agent, http):
+    await agent.span_store.write([span(7, 1, 0.4, time.time())], [])
+    headers = {"X-API-Key": "test-operator-key-0123456789"}
+    body = {"trace_id": f"{7:032x}", "title": "Customer says the answer was wrong"}
+    async with http.post(f"{agent.url}/api/cases", json=body, headers=headers) as r:
+        assert r.status == 201
+        case = await r.json()
+    assert case["trigger"] == "manual" and case["service"] == "rag-api"
+    assert case["context_snapshot"]["traces"][0]["trace_id"] == f"{7:032x}"
+    for bad in ({"trace_id": "zz", "title": "x"}, {"trace_id": f"{7:032x}"}, []):
+        async with http.post(f"{agent.url}/api/cases", json=bad, headers=headers) as r:
+            assert r.status == 400
+    async with http.post(
+        f"{agent.url}/api/cases", json={**body, "trace_id": "1" * 32}, headers=headers
+    ) as r:
+        assert r.status == 404
