@@ -22,6 +22,7 @@ class DetectorConfig:
 
     window_s: int = 60
     baseline_s: int = 1800
+    baseline_step_s: int = 20
     min_baseline_points: int = 3
     min_rps: float = 0.05
     min_calls: int = 5

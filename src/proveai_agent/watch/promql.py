@@ -1,0 +1,180 @@
+"""PromQL access to Prometheus or VictoriaMetrics, off the event loop, with its reachability."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import requests
+from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from urllib3.util.retry import Retry
+
+logger = logging.getLogger(__name__)
+
+Labels = tuple[str, ...]
+
+
+class SourceError(Exception):
+    """A query that the source did not answer, with the query and the source's message."""
+
+    def __init__(self, source: str, query: str, message: str) -> None:
+        super().__init__(f"{source}: query {query!r} failed: {message}")
+        self.source = source
+        self.query = query
+        self.message = message
+
+
+class MetricsSource:
+    """One Prometheus-compatible endpoint that the watcher reads through PromQL.
+
+    Every request runs in a worker thread, so a slow or unreachable source never
+    blocks the event loop. `up` and `error` describe the last request: `error` holds
+    the exact query and the full message from the other side. A change of state is
+    logged at info once; a source that stays down is not logged again.
+
+    Args:
+        name: "prometheus" or "victoriametrics" (also how it is reported).
+        url: the base URL, e.g. http://127.0.0.1:9090.
+        timeout_s: the timeout of each request.
+        headers: extra request headers, e.g. an API key for a source behind Envoy.
+        victoriametrics: whether the source is VictoriaMetrics (its response cache is
+            then skipped with `nocache=1`); by default, whether `name` says so.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        timeout_s: float = 5,
+        *,
+        headers: Mapping[str, str] | None = None,
+        victoriametrics: bool | None = None,
+    ) -> None:
+        self.name = name
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.is_victoriametrics = (
+            victoriametrics if victoriametrics is not None else "victoria" in name.lower()
+        )
+        self.up = False
+        self.error: str | None = None
+        self._known = False
+        self._client = PrometheusConnect(
+            url=self.url,
+            headers=dict(headers) if headers else None,
+            retry=Retry(
+                total=1, backoff_factor=0.1, status_forcelist=(), raise_on_status=False
+            ),
+            timeout=timeout_s,
+        )
+
+    def status(self) -> dict[str, Any]:
+        """`{"up": bool, "error": str or None}` as the overview reports it."""
+        return {"up": self.up, "error": self.error}
+
+    def _params(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = dict(extra or {})
+        if self.is_victoriametrics:
+            params["nocache"] = "1"
+        return params
+
+    async def query(self, promql: str, at: float) -> list[dict[str, Any]]:
+        """An instant query evaluated at `at` (epoch seconds): the raw result vector."""
+        params = self._params({"time": _ts(at)})
+        return await self._call(promql, self._client.custom_query, promql, params=params)
+
+    async def query_range(
+        self, promql: str, start: float, end: float, step_s: float
+    ) -> list[dict[str, Any]]:
+        """A range query from `start` to `end` (epoch seconds): the raw result matrix."""
+        return await self._call(
+            promql,
+            self._client.custom_query_range,
+            promql,
+            start_time=datetime.fromtimestamp(start, UTC),
+            end_time=datetime.fromtimestamp(end, UTC),
+            step=_ts(step_s),
+            params=self._params(),
+        )
+
+    async def metric_names(self, match: str, start: float, end: float) -> list[str]:
+        """Names of the metrics matching the series selector `match` between start and end."""
+        params = self._params({"match[]": match, "start": _ts(start), "end": _ts(end)})
+        described = f"label __name__ values, match[]={match}"
+        names = await self._call(
+            described, self._client.get_label_values, label_name="__name__", params=params
+        )
+        return [str(n) for n in names]
+
+    async def _call(self, described: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = await asyncio.to_thread(fn, *args, **kwargs)
+        except (requests.RequestException, PrometheusApiClientException, ValueError) as exc:
+            self._mark_down(described, f"{type(exc).__name__}: {exc}")
+            raise SourceError(self.name, described, str(exc)) from exc
+        except (KeyError, TypeError) as exc:
+            self._mark_down(described, f"unexpected answer: {type(exc).__name__}: {exc}")
+            raise SourceError(self.name, described, f"unexpected answer: {exc}") from exc
+        self._mark_up()
+        return result
+
+    def _mark_down(self, described: str, message: str) -> None:
+        error = f"query {described!r} failed: {message}"
+        if self.up or not self._known:
+            logger.info("%s at %s is down: %s", self.name, self.url, error)
+        else:
+            logger.debug("%s at %s still down: %s", self.name, self.url, error)
+        self.up, self.error, self._known = False, error, True
+
+    def _mark_up(self) -> None:
+        if not self.up:
+            logger.info("%s at %s is up", self.name, self.url)
+        self.up, self.error, self._known = True, None, True
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _ts(seconds: float) -> str:
+    return f"{seconds:.3f}".rstrip("0").rstrip(".")
+
+
+def to_float(value: Any) -> float | None:
+    """A sample value as a float, None for NaN or infinities (no data, never zero)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def vector(result: Iterable[dict[str, Any]], labels: Labels) -> dict[Labels, float | None]:
+    """An instant result keyed by the values of `labels` (missing labels are "")."""
+    return {
+        tuple(item["metric"].get(name, "") for name in labels): to_float(item["value"][1])
+        for item in result
+    }
+
+
+def matrix(
+    result: Iterable[dict[str, Any]], labels: Labels
+) -> dict[Labels, list[tuple[float, float]]]:
+    """A range result keyed by the values of `labels`, NaN points left out."""
+    out: dict[Labels, list[tuple[float, float]]] = {}
+    for item in result:
+        key = tuple(item["metric"].get(name, "") for name in labels)
+        points = out.setdefault(key, [])
+        for ts, raw in item["values"]:
+            value = to_float(raw)
+            if value is not None:
+                points.append((float(ts), value))
+    return out
+
+
+def quote(value: str) -> str:
+    """A label value as a PromQL string literal."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
