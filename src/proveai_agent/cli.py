@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--at",
         type=float,
-        default=60.0,
-        help="seconds after start when the fault begins (default 60)",
+        default=90.0,
+        help="seconds after start when the fault begins (default 90)",
     )
     demo.add_argument("--scrape-interval", type=float, default=10.0)
     demo.add_argument("--rate", type=float, default=4.0, help="simulated requests per second")
