@@ -1,0 +1,1 @@
+"""Ingest: OTLP request bodies decoded and normalised into the records of `spans`."""
