@@ -1,0 +1,193 @@
+"""The console application: command line, the live link to the agent, and the screens."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import ClassVar
+
+from textual.app import App
+from textual.binding import Binding, BindingType
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.worker import Worker, WorkerState
+
+from proveai_tui import __version__
+from proveai_tui.client import DEFAULT_URL, AgentClient, AgentError
+from proveai_tui.feed import LiveSource, PollingSource, Snapshot
+from proveai_tui.screens.case import CaseScreen
+from proveai_tui.screens.help import HelpScreen
+from proveai_tui.screens.overview import OverviewScreen
+from proveai_tui.widgets.status_bar import Link
+
+logger = logging.getLogger(__name__)
+
+
+def link_after(error: AgentError | None, agent: str, last_data: datetime | None) -> Link:
+    """The connection state that a delivery implies."""
+    if error is None:
+        return Link("connected", agent, last_data=last_data)
+    if error.unreachable:
+        state = "disconnected"
+    elif error.status in (401, 403):
+        state = "refused"
+    else:
+        state = "failing"
+    return Link(state, agent, reason=error.message, last_data=last_data)
+
+
+class ConsoleApp(App[None]):
+    """Prove AI's console: keeps the last data on screen whatever the agent does.
+
+    Args:
+        client: the agent client, also used by screens for one-off reads.
+        source: where live data comes from; polling the client by default.
+    """
+
+    CSS_PATH = "app.tcss"
+    TITLE = "Prove AI"
+    ENABLE_COMMAND_PALETTE = False
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]  # noqa: RUF012
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (40, "-tall")]  # noqa: RUF012
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "quit", "Quit", id="app.quit"),
+        Binding("question_mark", "show_keys", "Keys", key_display="?", id="app.keys"),
+    ]
+
+    link: reactive[Link | None] = reactive(None)
+
+    def __init__(self, client: AgentClient, source: LiveSource | None = None) -> None:
+        super().__init__()
+        self.client = client
+        self.source = source or PollingSource(client)
+        self.last_data: datetime | None = None
+        self.overview_screen = OverviewScreen()
+
+    def get_default_screen(self) -> Screen:
+        return self.overview_screen
+
+    def on_mount(self) -> None:
+        self.link = Link("connecting", self.client.base_url)
+        self._start_live()
+
+    async def on_unmount(self) -> None:
+        await self.client.close()
+
+    def _start_live(self) -> None:
+        self.run_worker(
+            self.source.run(self.receive),
+            name="live",
+            group="live",
+            exclusive=True,
+            exit_on_error=False,
+        )
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.name == "live" and event.state == WorkerState.ERROR:
+            logger.error("the live source stopped: %r", event.worker.error)
+            reason = f"live updates stopped ({event.worker.error!r}); restarting"
+            self.link = Link("failing", self.client.base_url, reason, self.last_data)
+            self.set_timer(2.0, self._start_live)
+
+    def receive(self, snapshot: Snapshot) -> None:
+        """Take one delivery from the live source to every screen that shows it."""
+        if snapshot.overview is not None or snapshot.cases is not None:
+            self.last_data = snapshot.at
+        self.overview_screen.show(snapshot.overview, snapshot.cases)
+        if snapshot.cases is not None:
+            for screen in self.screen_stack:
+                if isinstance(screen, CaseScreen):
+                    screen.cases_changed(snapshot.cases)
+        self.link = link_after(snapshot.error, self.client.base_url, self.last_data)
+
+    def on_overview_screen_case_chosen(self, message: OverviewScreen.CaseChosen) -> None:
+        self.push_screen(CaseScreen(message.case_id, self.client))
+
+    def on_overview_screen_refresh_asked(self, message: OverviewScreen.RefreshAsked) -> None:
+        self.source.refresh()
+
+    def action_show_keys(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            return
+        self.push_screen(HelpScreen(self.binding_rows()))
+
+    def binding_rows(self) -> list[tuple[str, str, str]]:
+        """Key, description and id of each binding with an id that works on this screen."""
+        rows: dict[str, tuple[list[str], str]] = {}
+        for active in self.screen.active_bindings.values():
+            binding = active.binding
+            if not binding.id or binding.system:
+                continue
+            keys, _ = rows.setdefault(binding.id, ([], binding.description))
+            shown = self.get_key_display(binding)
+            if shown not in keys:
+                keys.append(shown)
+        return [(" ".join(keys), description, bid) for bid, (keys, description) in rows.items()]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="proveai-console",
+        description="Prove AI's terminal console: live service panels and the agent's cases.",
+    )
+    parser.add_argument(
+        "--agent",
+        metavar="URL",
+        default=os.environ.get("PROVEAI_URL") or DEFAULT_URL,
+        help=f"the agent's API (default: $PROVEAI_URL or {DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=None,
+        help="API key sent as X-API-Key (default: $PROVEAI_API_KEY, which keeps it out of ps)",
+    )
+    parser.add_argument(
+        "--interval",
+        metavar="SECONDS",
+        type=float,
+        default=2.0,
+        help="seconds between polls of the agent (default: 2)",
+    )
+    parser.add_argument("--log", metavar="FILE", help="write the console's log to FILE")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    args = parser.parse_args(argv)
+    if args.interval <= 0:
+        parser.error("--interval must be more than 0")
+    try:
+        args.client = AgentClient(args.agent, args.api_key or os.environ.get("PROVEAI_API_KEY"))
+    except ValueError as error:
+        parser.error(f"--agent: {error}")
+    return args
+
+
+def configure_logging(path: str | None) -> None:
+    """Log to a file when asked; never to the terminal, which the console owns."""
+    package = logging.getLogger("proveai_tui")
+    if path:
+        handler: logging.Handler = logging.FileHandler(path)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+        )
+        package.setLevel(logging.DEBUG)
+    else:
+        handler = logging.NullHandler()
+    package.addHandler(handler)
+    package.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the console until the user quits."""
+    args = parse_args(argv)
+    configure_logging(args.log)
+    ConsoleApp(args.client, PollingSource(args.client, args.interval)).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""HTTP client for the agent's API; every failure comes back as one readable AgentError."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_URL = "http://127.0.0.1:8470"
+KEY_HEADER = "X-API-Key"
+
+
+class AgentError(Exception):
+    """A request to the agent that did not give an answer the console can use.
+
+    Args:
+        message: one line for the operator, with the cause as the other side gave it.
+        status: the HTTP status when the agent answered, None when it could not be reached.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+    @property
+    def unreachable(self) -> bool:
+        """True when no HTTP answer came back at all."""
+        return self.status is None
+
+
+def check_url(url: str) -> str:
+    """The agent's base URL without a trailing slash; ValueError when it is not http(s)."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    return url.strip().rstrip("/")
+
+
+def _http_error(status: int, body: bytes) -> AgentError:
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "error"
+    detail = ""
+    try:
+        decoded = json.loads(body)
+        if isinstance(decoded, dict) and decoded.get("error"):
+            detail = str(decoded["error"])
+    except ValueError:
+        detail = body.decode("utf-8", "replace").strip()[:200]
+    message = f"{status} {reason}" + (f": {detail}" if detail else "")
+    if status == 401:
+        message += " — set the key with --api-key or PROVEAI_API_KEY"
+    elif status == 403:
+        message += " — this key may not do that"
+    return AgentError(message, status)
+
+
+def _connect_error(base_url: str, error: aiohttp.ClientConnectorError) -> AgentError:
+    code = error.os_error.errno if error.os_error else None
+    cause = os.strerror(code) if code and code > 0 else (error.os_error.strerror or str(error))
+    return AgentError(f"cannot reach {base_url}: {cause.lower()}")
+
+
+class AgentClient:
+    """Reads the agent's API.
+
+    Args:
+        base_url: the agent, e.g. http://127.0.0.1:8470.
+        api_key: sent as X-API-Key; None sends no key.
+        timeout_s: the longest a request may take, connection included.
+    """
+
+    def __init__(
+        self, base_url: str, api_key: str | None = None, timeout_s: float = 5.0
+    ) -> None:
+        self.base_url = check_url(base_url)
+        self._api_key = api_key or None
+        self._timeout_s = timeout_s
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def has_key(self) -> bool:
+        return self._api_key is not None
+
+    async def overview(self) -> dict[str, Any]:
+        """`GET /api/overview`: sources, spanmetrics and per-service numbers."""
+        return await self._get_object("/api/overview")
+
+    async def cases(self, **params: str | int) -> dict[str, Any]:
+        """`GET /api/cases` with its filters (state, class, service, q, limit, cursor)."""
+        return await self._get_object("/api/cases", params)
+
+    async def case(self, case_id: str) -> dict[str, Any]:
+        """`GET /api/cases/{id}`: the whole case."""
+        return await self._get_object(f"/api/cases/{quote(case_id, safe='')}")
+
+    async def trace(self, trace_id: str) -> dict[str, Any]:
+        """`GET /api/traces/{trace_id}`: the trace's spans."""
+        return await self._get_object(f"/api/traces/{quote(trace_id.lower(), safe='')}")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _client_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            headers = {"Accept": "application/json"}
+            if self._api_key:
+                headers[KEY_HEADER] = self._api_key
+            self._session = aiohttp.ClientSession(
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+            )
+        return self._session
+
+    async def _get_object(
+        self, path: str, params: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        answer = await self._get(path, params)
+        if not isinstance(answer, dict):
+            raise AgentError(
+                f"GET {path}: the agent answered {type(answer).__name__}, not an object"
+            )
+        return answer
+
+    async def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        url = self.base_url + path
+        clean = {k: str(v) for k, v in (params or {}).items() if v is not None and v != ""}
+        try:
+            async with self._client_session().get(url, params=clean) as response:
+                body = await response.read()
+                status = response.status
+        except aiohttp.ClientConnectorError as error:
+            raise _connect_error(self.base_url, error) from None
+        except aiohttp.ServerDisconnectedError:
+            raise AgentError(
+                f"{self.base_url} closed the connection without answering"
+            ) from None
+        except TimeoutError:
+            raise AgentError(
+                f"no answer from {self.base_url} within {self._timeout_s:g} s"
+            ) from None
+        except aiohttp.ClientError as error:
+            raise AgentError(f"GET {path} failed: {error or type(error).__name__}") from None
+
+        if status >= 400:
+            refused = _http_error(status, body)
+            logger.debug("GET %s: %s", url, refused.message)
+            raise refused
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise AgentError(f"GET {path}: the answer is not JSON", status) from None

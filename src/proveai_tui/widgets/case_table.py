@@ -1,0 +1,149 @@
+"""The list of open cases: id, severity, state, class, service, age and, with room, title."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual.binding import Binding, BindingType
+from textual.coordinate import Coordinate
+from textual.events import Resize
+from textual.widgets import DataTable
+
+from proveai_tui import format as fmt
+from proveai_tui import palette
+
+HEADERS = {
+    "id": "case",
+    "severity": "severity",
+    "state": "state",
+    "class": "class",
+    "service": "service",
+    "age": "age",
+    "title": "title",
+}
+BASE_COLUMNS = ("id", "severity", "state", "class", "service", "age")
+SHRINKABLE = ("service", "class")
+MIN_SHRUNK = 8
+MIN_TITLE = 12
+CELL_PADDING = 1
+
+
+def case_cells(case: dict[str, Any], now: datetime) -> dict[str, str]:
+    """The text of each column for one case summary; unknowns are "—"."""
+    return {
+        "id": str(case.get("id") or fmt.DASH),
+        "severity": fmt.severity(case.get("severity")),
+        "state": fmt.state(case.get("state")),
+        "class": str(case.get("failure_class") or fmt.DASH),
+        "service": str(case.get("service") or fmt.DASH),
+        "age": fmt.age(case.get("opened_at"), now),
+        "title": str(case.get("title") or ""),
+    }
+
+
+def fit_columns(rows: list[dict[str, str]], width: int) -> dict[str, int]:
+    """Column widths that fit `width` cells: service and class give way, title takes the rest.
+
+    Returns the columns to show, in order, with the width of each.
+    """
+    natural = {
+        key: max([len(HEADERS[key])] + [len(row[key]) for row in rows]) for key in HEADERS
+    }
+    widths = {key: natural[key] for key in BASE_COLUMNS}
+    pad = 2 * CELL_PADDING
+    over = sum(widths.values()) + pad * len(widths) - width
+
+    while over > 0:
+        candidates = [key for key in SHRINKABLE if widths[key] > MIN_SHRUNK]
+        if not candidates:
+            break
+        widest = max(candidates, key=lambda key: widths[key])
+        widths[widest] -= 1
+        over -= 1
+
+    spare = -over - pad
+    if spare >= MIN_TITLE and natural["title"] > len(HEADERS["title"]):
+        widths["title"] = min(natural["title"], spare)
+    return widths
+
+
+class CaseTable(DataTable):
+    """Open cases, one per row, keyed by case id; Enter asks to open the highlighted one."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "select_cursor", "Open case", id="cases.open"),
+        Binding("down,j", "cursor_down", "Next case", show=False, id="cases.down"),
+        Binding("up,k", "cursor_up", "Previous case", show=False, id="cases.up"),
+        Binding("pagedown", "page_down", "Page down", show=False, id="cases.page_down"),
+        Binding("pageup", "page_up", "Page up", show=False, id="cases.page_up"),
+        Binding("home,g", "scroll_top", "First case", show=False, id="cases.first"),
+        Binding("end,G", "scroll_bottom", "Last case", show=False, id="cases.last"),
+    ]
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(
+            cursor_type="row", zebra_stripes=False, cell_padding=CELL_PADDING, **kwargs
+        )
+        self._cases: list[dict[str, Any]] = []
+        self._drawn: tuple | None = None
+
+    @property
+    def case_ids(self) -> list[str]:
+        return [str(case.get("id")) for case in self._cases]
+
+    @property
+    def highlighted_case(self) -> str | None:
+        if not self._cases or self.cursor_row < 0 or self.cursor_row >= self.row_count:
+            return None
+        return str(self.coordinate_to_cell_key(Coordinate(self.cursor_row, 0)).row_key.value)
+
+    def show_cases(self, cases: list[dict[str, Any]]) -> None:
+        """Show cases, most severe first, then newest; redraws only when a cell changed."""
+        self._cases = sorted(
+            cases,
+            key=lambda c: (
+                fmt.SEVERITY_RANK.get(fmt.severity(c.get("severity")), 9),
+                -(ts.timestamp() if (ts := fmt.parse_time(c.get("opened_at"))) else 0),
+            ),
+        )
+        self._draw()
+
+    def on_resize(self, event: Resize) -> None:
+        self._draw()
+
+    def _draw(self) -> None:
+        now = datetime.now(UTC)
+        rows = [case_cells(case, now) for case in self._cases]
+        width = max(self.size.width - 1, 40)
+        widths = fit_columns(rows, width)
+        drawn = (
+            tuple(widths.items()),
+            tuple(tuple(row[key] for key in widths) for row in rows),
+            tuple(case.get("id") for case in self._cases),
+        )
+        if drawn == self._drawn:
+            return
+        self._drawn = drawn
+
+        keep = self.highlighted_case
+        self.clear(columns=True)
+        for key, column_width in widths.items():
+            self.add_column(HEADERS[key], width=column_width, key=key)
+        for case, row in zip(self._cases, rows, strict=True):
+            self.add_row(*self._cells(row, widths), key=str(case.get("id")))
+        if keep in self.case_ids:
+            self.move_cursor(row=self.case_ids.index(keep), animate=False)
+
+    @staticmethod
+    def _cells(row: dict[str, str], widths: dict[str, int]) -> list[Text]:
+        cells = []
+        for key, column_width in widths.items():
+            text = Text(fmt.ellipsize(row[key], column_width), no_wrap=True)
+            if key == "severity":
+                text.stylize(palette.SEVERITY.get(row[key], ""))
+            elif key == "id":
+                text.stylize("bold")
+            cells.append(text)
+        return cells

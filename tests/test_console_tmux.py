@@ -1,0 +1,169 @@
+"""The real `proveai-console` in a tmux pane at 80×24, read back with `capture-pane`."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+FAKE_AGENT = HERE / "console_fixtures" / "fake_agent.py"
+SRC = HERE.parent / "src"
+KEY = "tmux-test-key"
+
+pytestmark = [
+    pytest.mark.console,
+    pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def console_command() -> list[str]:
+    """The installed console script next to this Python, else the module."""
+    script = Path(sys.executable).parent / "proveai-console"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "proveai_tui.app"]
+
+
+@pytest.fixture
+def agent_url() -> Iterator[str]:
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(FAKE_AGENT), "--port", str(port), "--key", KEY, "--recent"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/healthz", timeout=1):
+                    break
+            except OSError as error:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    stderr = server.stderr.read() if server.poll() is not None else ""
+                    raise RuntimeError(f"the fake agent did not start: {stderr}") from error
+                time.sleep(0.1)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=5)
+
+
+class Pane:
+    """A console running in its own tmux server, so no other tmux session is touched."""
+
+    def __init__(self, socket_name: str) -> None:
+        self.socket = socket_name
+
+    def tmux(self, *args: str) -> str:
+        done = subprocess.run(
+            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=10
+        )
+        return done.stdout
+
+    def start(self, command: list[str], env: dict[str, str]) -> None:
+        line = shlex.join(["env", *(f"{k}={v}" for k, v in env.items()), *command])
+        self.tmux("new-session", "-d", "-s", "console", "-x", "80", "-y", "24", line)
+        self.tmux("set-option", "-t", "console", "remain-on-exit", "on")
+
+    def text(self) -> str:
+        return self.tmux("capture-pane", "-p", "-t", "console")
+
+    def keys(self, *keys: str) -> None:
+        self.tmux("send-keys", "-t", "console", *keys)
+
+    def dead(self) -> bool:
+        return self.tmux("list-panes", "-t", "console", "-F", "#{pane_dead}").strip() == "1"
+
+    def wait(self, condition: Callable[[str], bool], what: str, timeout_s: float = 15) -> str:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            text = self.text()
+            if condition(text):
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; the pane shows:\n{text}")
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        subprocess.run(
+            ["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=10
+        )
+
+
+@pytest.mark.parametrize("no_color", [False, True], ids=["colour", "NO_COLOR"])
+def test_console_in_tmux_shows_panels_opens_a_case_and_quits(
+    agent_url: str, no_color: bool
+) -> None:
+    env = {
+        "TERM": "xterm-256color",
+        "PROVEAI_API_KEY": KEY,
+        "PYTHONPATH": str(SRC),
+    }
+    if no_color:
+        env["NO_COLOR"] = "1"
+    pane = Pane(f"proveai-console-test-{os.getpid()}-{int(no_color)}")
+    try:
+        pane.start([*console_command(), "--agent", agent_url], env)
+
+        overview_shows = [
+            "Prove AI · overview",
+            "● connected",
+            "VictoriaMetrics DOWN",
+            "rag-api",
+            "embedder",
+            "error 1.5 %",
+            "p95 0.84 s",
+            "p50 0.31 s · p99 1.92 s",
+            "rate 0.60 rps",
+            "error no data",
+            "CASE-7  high",
+            "INVESTIGATING",
+            "Quit",
+        ]
+        overview = pane.wait(lambda t: all(s in t for s in overview_shows), "the overview")
+        assert len(overview.splitlines()) <= 24
+        assert all(len(line) <= 80 for line in overview.splitlines())
+
+        pane.keys("j")
+        time.sleep(0.3)
+        pane.keys("Enter")
+        case_shows = [
+            "Prove AI · CASE-6",
+            "CASE-6  embedder p95 drifting up over 3 days",
+            "state     DETECTED",
+            "trigger   drift",
+            "class     LATENCY_REGRESS",
+            "p95 up 40 % over 3 days",
+            "POST /embed  embedder  2.31 s  ok",
+            "Back",
+        ]
+        pane.wait(lambda t: all(s in t for s in case_shows), "the case screen of CASE-6")
+
+        pane.keys("Escape")
+        pane.wait(lambda t: "Prove AI · overview" in t, "the overview again")
+        pane.keys("q")
+        deadline = time.monotonic() + 10
+        while not pane.dead():
+            assert time.monotonic() < deadline, f"q did not quit:\n{pane.text()}"
+            time.sleep(0.2)
+        assert "Traceback" not in pane.text()
+    finally:
+        pane.kill()
