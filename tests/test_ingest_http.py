@@ -373,3 +373,88 @@ async def test_json_ids_in_base64_and_hex_store_the_same_span(agent, http):
         ) as r:
             assert r.status == 200
     assert stored(agent) == [(TRACE.hex(), "00000000000000aa", "n")]
+
+
+@pytest.mark.parametrize("encoding", ["protobuf", "json"])
+async def test_content_sent_as_attributes_is_read_back_with_the_trace(agent, http, encoding):
+    messages = '[{"role":"user","parts":[{"type":"text","content":"Is it waterproof?"}]}]'
+    documents = '[{"id":"doc-7","content":"IP68 rated.","score":0.91}]'
+    if encoding == "protobuf":
+        req = ExportTraceServiceRequest()
+        rs = req.resource_spans.add()
+        rs.resource.attributes.extend([kv("service.name", "shop"), kv("host.name", "h1")])
+        rs.scope_spans.add().spans.append(
+            PbSpan(
+                trace_id=TRACE,
+                span_id=bytes.fromhex("00000000000000c7"),
+                name="chat",
+                start_time_unix_nano=1_700_000_000_000_000_000,
+                end_time_unix_nano=1_700_000_001_000_000_000,
+                attributes=[
+                    kv("gen_ai.input.messages", messages),
+                    kv("gen_ai.retrieval.documents", documents),
+                    kv("gen_ai.response.model", "m1-2024"),
+                ],
+            )
+        )
+        body, headers = req.SerializeToString(), PROTOBUF
+    else:
+        document = {
+            "resourceSpans": [
+                {
+                    "resource": {
+                        "attributes": [
+                            {"key": "service.name", "value": {"stringValue": "shop"}},
+                            {"key": "host.name", "value": {"stringValue": "h1"}},
+                        ]
+                    },
+                    "scopeSpans": [
+                        {
+                            "spans": [
+                                {
+                                    "traceId": TRACE.hex(),
+                                    "spanId": "00000000000000c7",
+                                    "name": "chat",
+                                    "startTimeUnixNano": "1700000000000000000",
+                                    "endTimeUnixNano": "1700000001000000000",
+                                    "attributes": [
+                                        {
+                                            "key": "gen_ai.input.messages",
+                                            "value": {"stringValue": messages},
+                                        },
+                                        {
+                                            "key": "gen_ai.retrieval.documents",
+                                            "value": {"stringValue": documents},
+                                        },
+                                        {
+                                            "key": "gen_ai.response.model",
+                                            "value": {"stringValue": "m1-2024"},
+                                        },
+                                    ],
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ]
+        }
+        body = json.dumps(document).encode()
+        headers = {"Content-Type": "application/json", "X-API-Key": OPERATOR_KEY}
+    async with http.post(f"{agent.url}/v1/traces", data=body, headers=headers) as r:
+        assert r.status == 200
+    async with http.get(f"{agent.url}/api/traces/{TRACE.hex()}", headers=PROTOBUF) as r:
+        (span,) = (await r.json())["spans"]
+    assert span["messages"] == [
+        {
+            "direction": "input",
+            "role": "user",
+            "source": "attribute",
+            "parts": [{"type": "text", "content": "Is it waterproof?"}],
+        }
+    ]
+    assert [(c["id"], c["content"], c["score"]) for c in span["chunks"]] == [
+        ("doc-7", "IP68 rated.", 0.91)
+    ]
+    assert span["response_model"] == "m1-2024"
+    assert span["resource"] == {"service.name": "shop", "host.name": "h1"}
+    assert span["duration_s"] == 1.0

@@ -37,7 +37,7 @@ async def store(tmp_path):
     writer = await db.connect(path)
     await db.migrate(writer)
     reader = await db.connect(path)
-    spans = SpanStore(writer, reader)
+    spans = SpanStore(path, reader)
     spans.start()
     yield spans, path
     await spans.stop()

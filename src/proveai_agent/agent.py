@@ -69,7 +69,7 @@ class Agent:
         self._writer = await db.connect(self.config.db_path)
         await db.migrate(self._writer)
         self._reader = await db.connect(self.config.db_path)
-        self.span_store = SpanStore(self._writer, self._reader)
+        self.span_store = SpanStore(self.config.db_path, self._reader)
         self.span_store.start()
         self.case_store = CaseStore(self._writer, self._reader)
         self.case_service = CaseService(

@@ -48,6 +48,8 @@ class Span:
     attributes: dict[str, Any] = field(default_factory=dict)
     resource: dict[str, Any] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
+    raw: bytes | None = field(default=None, compare=False, repr=False)
+    """The span as it arrived in protobuf (an OTLP `Span` message), stored as it is."""
 
     @property
     def duration_s(self) -> float:

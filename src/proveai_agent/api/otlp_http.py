@@ -6,6 +6,7 @@ import json
 import logging
 import zlib
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -21,7 +22,8 @@ logger = logging.getLogger(__name__)
 
 PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf")
 DECODERS: dict[str, Callable[[bytes, str], Batch]] = {
-    "traces": otlp.decode_traces,
+    # Message content is read from the stored span when a trace is read, not at ingest.
+    "traces": partial(otlp.decode_traces, content=False),
     "logs": otlp.decode_logs,
     "metrics": otlp.decode_metrics,
 }

@@ -103,8 +103,14 @@ _SCORE_KEYS = ("score", "relevance_score")
 _SOURCE_KEYS = ("source", "uri", "url")
 
 
-def annotate(span: Span) -> None:
-    """Fill the GenAI fields of `span` from its attributes and events, in place."""
+def annotate(span: Span, content: bool = True) -> None:
+    """Fill the GenAI fields of `span` from its attributes and events, in place.
+
+    With `content=False` (the ingest hot path) messages and chunks are left empty: they are
+    read from the stored attributes and events when a trace is read. Scores, tokens and
+    finish reasons are always filled; the finish reasons of output messages are parsed only
+    when the span has no finish-reasons attribute.
+    """
     attrs = span.attributes
     found = None
     if attrs:
@@ -112,25 +118,40 @@ def annotate(span: Span) -> None:
         keys = "\n" + "\n".join(attrs)
         if "gen_ai." in keys or "\neval." in keys or "\nretrieval." in keys:
             found = _Found()
-            _collect_attributes(attrs, keys, found)
+            if content or not span.finish_reasons:
+                _collect_attributes(attrs, keys, found)
+            elif "\neval." in keys or "\ngen_ai.evaluation." in keys:
+                _collect_scores(attrs, found)
     if span.events:
         if found is None:
             found = _Found()
-        _collect_events(span, found)
+        _collect_events(span, found, content)
     if found is None:
         return
 
-    span.messages = (found.input[0] or found.input[1] or found.input[2]) + (
-        found.output[0] or found.output[1] or found.output[2]
-    )
     if not span.finish_reasons:
         for tier, reasons in enumerate(found.finish):
             if found.output[tier]:
                 span.finish_reasons = reasons
                 break
-    span.chunks = found.chunks[0] or found.chunks[1] or found.chunks[2]
+    if content:
+        span.messages = (found.input[0] or found.input[1] or found.input[2]) + (
+            found.output[0] or found.output[1] or found.output[2]
+        )
+        span.chunks = found.chunks[0] or found.chunks[1] or found.chunks[2]
     if found.scores:
         span.scores = found.scores
+
+
+def _collect_scores(attrs: dict[str, Any], found: _Found) -> None:
+    """Only the score attributes, for when content is not wanted."""
+    for key, value in attrs.items():
+        if key.startswith(("eval.", "gen_ai.evaluation.")):
+            _score_attribute(found.scores, key, value)
+    if "gen_ai.evaluation.name" in attrs:
+        score = _evaluation(attrs)
+        if score is not None and score[1] is not None:
+            found.scores[score[0]] = score[1]
 
 
 def log_details(
@@ -266,11 +287,18 @@ def _collect_families(attrs: dict[str, Any], found: _Found) -> None:
             found.scores[score[0]] = score[1]
 
 
-def _collect_events(span: Span, found: _Found) -> None:
+def _collect_events(span: Span, found: _Found, content: bool = True) -> None:
     event_scores: dict[str, float] = {}
     for event in span.events:
         name = event["name"]
         attributes = event["attributes"]
+        wanted = name == EVALUATION_EVENT or (name == CHOICE_EVENT and not span.finish_reasons)
+        if not content and not wanted:
+            if span.ttft_s is None and _is_first_token_event(name):
+                offset = event["time_ns"] - span.start_ns
+                if offset >= 0:
+                    span.ttft_s = offset / 1e9
+            continue
         if name in ROLE_EVENTS or name == CHOICE_EVENT:
             message, finish = _event_message(name, _event_body(attributes), "event")
             if message["direction"] == "output":

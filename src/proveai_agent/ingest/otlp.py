@@ -44,6 +44,7 @@ import base64
 import json
 import re
 from collections.abc import Callable
+from functools import partial
 from operator import attrgetter
 from typing import Any, NamedTuple
 
@@ -60,6 +61,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 
 from proveai_agent.ingest import genai
 from proveai_agent.spans import (
@@ -136,9 +138,15 @@ class _Invalid(ValueError):
     """One span, record or data point breaks a rule; the message is the rejection reason."""
 
 
-def decode_traces(body: bytes, content_type: str) -> Batch:
+def decode_traces(body: bytes, content_type: str, content: bool = True) -> Batch:
     """Decode an ExportTraceServiceRequest into normalised spans and rejections."""
-    return _decode(body, content_type, ExportTraceServiceRequest, _traces_pb, _traces_json)
+    return _decode(
+        body,
+        content_type,
+        ExportTraceServiceRequest,
+        partial(_traces_pb, content=content),
+        partial(_traces_json, content=content),
+    )
 
 
 def decode_logs(body: bytes, content_type: str) -> Batch:
@@ -248,7 +256,7 @@ def _load_json(body: bytes) -> dict[str, Any]:
 # Protobuf ---------------------------------------------------------------------------------
 
 
-def _traces_pb(request: ExportTraceServiceRequest) -> Batch:
+def _traces_pb(request: ExportTraceServiceRequest, content: bool = True) -> Batch:
     batch = Batch()
     spans = batch.spans
     for r, resource_spans in enumerate(request.resource_spans):
@@ -258,7 +266,7 @@ def _traces_pb(request: ExportTraceServiceRequest) -> Batch:
                 try:
                     if problem:
                         raise _Invalid(problem)
-                    spans.append(_span_pb(span, service, resource))
+                    spans.append(_span_pb(span, service, resource, content))
                 except _Invalid as exc:
                     where = f"resourceSpans[{r}].scopeSpans[{s}].spans[{p}]"
                     batch.rejected.append(Rejected(where, str(exc)))
@@ -274,7 +282,7 @@ def _resource_pb(container: Any) -> tuple[dict[str, Any], str, str]:
     return resource, _service(resource), ""
 
 
-def _span_pb(span: Any, service: str, resource: dict[str, Any]) -> Span:
+def _span_pb(span: Any, service: str, resource: dict[str, Any], content: bool = True) -> Span:
     trace_id = _id_pb(span.trace_id, 16, "traceId")
     span_id = _id_pb(span.span_id, 8, "spanId")
     parent = span.parent_span_id
@@ -313,9 +321,17 @@ def _span_pb(span: Any, service: str, resource: dict[str, Any]) -> Span:
         attributes=attributes,
         resource=resource,
         events=events,
+        raw=span.SerializeToString(),
     )
-    genai.annotate(result)
+    genai.annotate(result, content=content)
     return result
+
+
+def stored_span_parts(raw: bytes) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
+    """Attributes, events and status message of a span stored as its protobuf bytes."""
+    span = PbSpan.FromString(raw)
+    attributes = _attributes_pb(span.attributes)
+    return attributes, _events_pb(span.events, attributes), span.status.message
 
 
 def _id_pb(raw: bytes, size: int, field: str) -> str:
@@ -492,7 +508,7 @@ def _histogram_pb(name: str, data: Any, origin: _Origin, where: str, batch: Batc
 # JSON -------------------------------------------------------------------------------------
 
 
-def _traces_json(document: dict[str, Any]) -> Batch:
+def _traces_json(document: dict[str, Any], content: bool = True) -> Batch:
     batch = Batch()
     spans = batch.spans
     for r, resource_spans in enumerate(_array(document, "resourceSpans", "resource_spans", "")):
@@ -509,7 +525,7 @@ def _traces_json(document: dict[str, Any]) -> Batch:
                 try:
                     if problem:
                         raise _Invalid(problem)
-                    spans.append(_span_json(span, service, resource))
+                    spans.append(_span_json(span, service, resource, content))
                 except _Invalid as exc:
                     batch.rejected.append(Rejected(span_where, str(exc)))
     return batch
@@ -528,7 +544,9 @@ def _resource_json(container: Any, where: str) -> tuple[dict[str, Any], str, str
     return attributes, _service(attributes), ""
 
 
-def _span_json(span: dict[str, Any], service: str, resource: dict[str, Any]) -> Span:
+def _span_json(
+    span: dict[str, Any], service: str, resource: dict[str, Any], content: bool = True
+) -> Span:
     get = span.get
     trace_id = _id_json(get("traceId") or get("trace_id"), 16, "traceId")
     span_id = _id_json(get("spanId") or get("span_id"), 8, "spanId")
@@ -572,7 +590,7 @@ def _span_json(span: dict[str, Any], service: str, resource: dict[str, Any]) -> 
         resource=resource,
         events=events,
     )
-    genai.annotate(result)
+    genai.annotate(result, content=content)
     return result
 
 

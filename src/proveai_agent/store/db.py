@@ -18,6 +18,7 @@ MIGRATIONS: list[str] = [
         span_id TEXT NOT NULL,
         parent_span_id TEXT,
         service TEXT NOT NULL,
+        resource_id INTEGER,
         name TEXT NOT NULL,
         kind TEXT NOT NULL,
         status TEXT NOT NULL,
@@ -31,11 +32,15 @@ MIGRATIONS: list[str] = [
         output_tokens INTEGER,
         finish_reasons TEXT,
         scores TEXT,
-        body TEXT NOT NULL
+        body BLOB NOT NULL
+    );
+    CREATE TABLE resources (
+        id INTEGER PRIMARY KEY,
+        digest TEXT NOT NULL UNIQUE,
+        attributes TEXT NOT NULL
     );
     CREATE UNIQUE INDEX spans_ids ON spans (trace_id, span_id);
     CREATE INDEX spans_service_start ON spans (service, start_ns);
-    CREATE INDEX spans_start ON spans (start_ns);
     CREATE TABLE span_details (
         id INTEGER PRIMARY KEY,
         trace_id TEXT NOT NULL,

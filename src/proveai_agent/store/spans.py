@@ -4,62 +4,68 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
+import sqlite3
 import time
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
 
 import aiosqlite
 
+from ..ingest import genai, otlp
 from ..spans import Span, SpanDetail
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _INSERT_SPAN = (
-    "INSERT OR REPLACE INTO spans (trace_id, span_id, parent_span_id, service, name, kind,"
-    " status, start_ns, end_ns, duration_s, model, operation, provider, input_tokens,"
-    " output_tokens, finish_reasons, scores, body)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT OR REPLACE INTO spans (trace_id, span_id, parent_span_id, service, resource_id,"
+    " name, kind, status, start_ns, end_ns, duration_s, model, operation, provider,"
+    " input_tokens, output_tokens, finish_reasons, scores, body)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_DETAIL = (
     "INSERT INTO span_details (trace_id, span_id, service, time_ns, kind, data)"
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
 _SPAN_COLUMNS = (
-    "trace_id, span_id, parent_span_id, service, name, kind, status, start_ns, end_ns,"
-    " duration_s, model, operation, provider, input_tokens, output_tokens, finish_reasons,"
-    " scores, body"
+    "s.trace_id, s.span_id, s.parent_span_id, s.service, s.name, s.kind, s.status,"
+    " s.start_ns, s.end_ns, s.duration_s, s.model, s.operation, s.provider, s.input_tokens,"
+    " s.output_tokens, s.finish_reasons, s.scores, s.body, r.attributes"
 )
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+# A stored body is the span's protobuf bytes after b"P" when it arrived in protobuf, or
+# JSON after b"J" (status message, attributes and events) when it arrived in JSON.
+_PROTOBUF_BODY = b"P"
+_JSON_BODY = b"J"
 
 
 class StoreUnavailable(RuntimeError):
     """The span store cannot take writes now (disk full, database error)."""
 
 
-def _span_row(span: Span) -> tuple[Any, ...]:
-    body: dict[str, Any] = {}
-    if span.status_message:
-        body["status_message"] = span.status_message
-    if span.response_model is not None:
-        body["response_model"] = span.response_model
-    if span.ttft_s is not None:
-        body["ttft_s"] = span.ttft_s
-    if span.attributes:
-        body["attributes"] = span.attributes
-    if span.resource:
-        body["resource"] = span.resource
-    if span.events:
-        body["events"] = span.events
-    if span.messages:
-        body["messages"] = span.messages
-    if span.chunks:
-        body["chunks"] = span.chunks
+def _span_row(span: Span, resource_id: int | None) -> tuple[Any, ...]:
+    if span.raw is not None:
+        body = _PROTOBUF_BODY + span.raw
+    else:
+        doc: dict[str, Any] = {}
+        if span.status_message:
+            doc["status_message"] = span.status_message
+        if span.attributes:
+            doc["attributes"] = span.attributes
+        if span.events:
+            doc["events"] = span.events
+        body = _JSON_BODY + _dumps(doc).encode()
     return (
         span.trace_id,
         span.span_id,
         span.parent_span_id,
         span.service,
+        resource_id,
         span.name,
         span.kind,
         span.status,
@@ -73,7 +79,7 @@ def _span_row(span: Span) -> tuple[Any, ...]:
         span.output_tokens,
         ",".join(span.finish_reasons) if span.finish_reasons else None,
         _dumps(span.scores) if span.scores else None,
-        _dumps(body),
+        body,
     )
 
 
@@ -89,8 +95,34 @@ def _detail_row(detail: SpanDetail) -> tuple[Any, ...]:
 
 
 def row_to_span(row: tuple[Any, ...] | aiosqlite.Row) -> dict[str, Any]:
-    """A stored span in the wire format of `GET /api/traces/{trace_id}`."""
-    body = json.loads(row[17]) if row[17] else {}
+    """A stored span in the wire format of `GET /api/traces/{trace_id}`.
+
+    Messages, chunks and the other content fields are read from the stored attributes and
+    events here, not at ingest, so that ingest stays cheap.
+    """
+    body = bytes(row[17])
+    if body[:1] == _PROTOBUF_BODY:
+        attributes, events, status_message = otlp.stored_span_parts(body[1:])
+    else:
+        doc = json.loads(body[1:]) if body[1:] else {}
+        attributes = doc.get("attributes", {})
+        events = doc.get("events", [])
+        status_message = doc.get("status_message", "")
+    span = Span(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        status_message,
+        row[7],
+        row[8],
+        attributes=attributes,
+        events=events,
+    )
+    genai.annotate(span, content=True)
     return {
         "trace_id": row[0],
         "span_id": row[1],
@@ -99,24 +131,24 @@ def row_to_span(row: tuple[Any, ...] | aiosqlite.Row) -> dict[str, Any]:
         "name": row[4],
         "kind": row[5],
         "status": row[6],
-        "status_message": body.get("status_message", ""),
+        "status_message": status_message,
         "start_ns": row[7],
         "end_ns": row[8],
         "duration_s": row[9],
         "model": row[10],
-        "response_model": body.get("response_model"),
+        "response_model": span.response_model,
         "operation": row[11],
         "provider": row[12],
         "input_tokens": row[13],
         "output_tokens": row[14],
         "finish_reasons": row[15].split(",") if row[15] else [],
         "scores": json.loads(row[16]) if row[16] else {},
-        "ttft_s": body.get("ttft_s"),
-        "attributes": body.get("attributes", {}),
-        "resource": body.get("resource", {}),
-        "events": body.get("events", []),
-        "messages": body.get("messages", []),
-        "chunks": body.get("chunks", []),
+        "ttft_s": span.ttft_s,
+        "attributes": attributes,
+        "resource": json.loads(row[18]) if row[18] else {},
+        "events": events,
+        "messages": span.messages,
+        "chunks": span.chunks,
     }
 
 
@@ -134,19 +166,26 @@ class SpanStore:
 
     Concurrent `write()` calls that wait at the same time share one transaction, so many
     small requests cost one commit. `write()` returns only once its rows are committed.
+
+    Writes run on one thread of their own with its own connection, a whole transaction per
+    hop: when each statement was a separate hop through the event loop, SQLite sat idle
+    while the loop decoded the next request. Reads go through the aiosqlite reader.
     """
 
     def __init__(
         self,
-        writer: aiosqlite.Connection,
+        path: Path,
         reader: aiosqlite.Connection,
         max_batch_spans: int = 20_000,
     ) -> None:
-        self._writer = writer
+        self._path = path
         self._reader = reader
         self._max_batch = max_batch_spans
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._resources: dict[str, int | None] = {}
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="span-writer")
+        self._conn: sqlite3.Connection | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="span-writer")
@@ -157,6 +196,25 @@ class SpanStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self._call(self._close)
+        self._executor.shutdown(wait=True)
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            self._conn = conn
+        return self._conn
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     async def write(self, spans: list[Span], details: list[SpanDetail]) -> None:
         """Persist spans and details; raises StoreUnavailable when they were not committed."""
@@ -175,7 +233,7 @@ class SpanStore:
                 group.append(item)
                 count += len(item.spans)
             try:
-                await self._commit(group)
+                await self._call(self._commit, group)
             except Exception as exc:  # the writer must survive any database error
                 logger.error("span write of %d spans failed: %s", count, exc)
                 error = StoreUnavailable(f"span store write failed: {exc}")
@@ -187,25 +245,65 @@ class SpanStore:
                     if not item.future.done():
                         item.future.set_result(None)
 
-    async def _commit(self, group: list[_Pending]) -> None:
-        span_rows = [_span_row(s) for item in group for s in item.spans]
-        detail_rows = [_detail_row(d) for item in group for d in item.details]
-        conn = self._writer
-        await conn.execute("BEGIN")
+    def _commit(self, group: list[_Pending]) -> None:
+        conn = self._connection()
+        conn.execute("BEGIN")
         try:
-            if span_rows:
-                await conn.executemany(_INSERT_SPAN, span_rows)
-            if detail_rows:
-                await conn.executemany(_INSERT_DETAIL, detail_rows)
-            await conn.execute("COMMIT")
+            resource_ids = self._resource_ids(conn, group)
+            conn.executemany(
+                _INSERT_SPAN,
+                [
+                    _span_row(s, resource_ids[id(s.resource)])
+                    for item in group
+                    for s in item.spans
+                ],
+            )
+            details = [_detail_row(d) for item in group for d in item.details]
+            if details:
+                conn.executemany(_INSERT_DETAIL, details)
+            conn.execute("COMMIT")
         except BaseException:
-            await conn.execute("ROLLBACK")
+            conn.execute("ROLLBACK")
             raise
+
+    def _resource_ids(
+        self, conn: sqlite3.Connection, group: list[_Pending]
+    ) -> dict[int, int | None]:
+        """Row ids of the resources the spans share, each stored once (inside the commit)."""
+        ids: dict[int, int | None] = {}
+        for item in group:
+            for span in item.spans:
+                key = id(span.resource)
+                if key in ids:
+                    continue
+                if not span.resource:
+                    ids[key] = None
+                    continue
+                text = json.dumps(
+                    span.resource, sort_keys=True, ensure_ascii=False, default=str
+                )
+                digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+                cached = self._resources.get(digest)
+                if cached is None:
+                    conn.execute(
+                        "INSERT OR IGNORE INTO resources (digest, attributes) VALUES (?, ?)",
+                        (digest, text),
+                    )
+                    row = conn.execute(
+                        "SELECT id FROM resources WHERE digest = ?", (digest,)
+                    ).fetchone()
+                    cached = int(row[0]) if row else None
+                    if len(self._resources) > 10_000:
+                        self._resources.clear()
+                    self._resources[digest] = cached
+                ids[key] = cached
+        return ids
 
     async def get_trace(self, trace_id: str) -> list[dict[str, Any]]:
         """Every stored span of a trace, with content that arrived as log records merged in."""
         async with self._reader.execute(
-            f"SELECT {_SPAN_COLUMNS} FROM spans WHERE trace_id = ? ORDER BY start_ns",
+            f"SELECT {_SPAN_COLUMNS} FROM spans s LEFT JOIN resources r ON r.id = s.resource_id"
+            " WHERE s.trace_id = ? ORDER BY s.start_ns",
             (trace_id,),
         ) as cur:
             spans = [row_to_span(row) for row in await cur.fetchall()]
@@ -261,33 +359,62 @@ class SpanStore:
         return seen
 
     async def prune(self, max_age_s: float, max_bytes: int, now: float | None = None) -> int:
-        """Apply retention by age and by size; returns the number of spans deleted."""
+        """Apply retention by age and by size; returns the number of spans deleted.
+
+        Spans are deleted in arrival order (row id), which follows time closely enough for
+        retention and needs no index on time, so ingest pays for one index fewer.
+        """
         now = time.time() if now is None else now
         cutoff = max(int((now - max_age_s) * 1e9), 0)
-        deleted = 0
-        conn = self._writer
-        cur = await conn.execute("DELETE FROM spans WHERE start_ns < ?", (cutoff,))
-        deleted += cur.rowcount or 0
-        await conn.execute("DELETE FROM span_details WHERE time_ns < ?", (cutoff,))
-        while await self.used_bytes() > max_bytes:
-            cur = await conn.execute(
-                "DELETE FROM spans WHERE id IN"
-                " (SELECT id FROM spans ORDER BY start_ns LIMIT 1000)"
-            )
-            if not cur.rowcount:
-                break
-            deleted += cur.rowcount
+        deleted = await self._call(self._prune, cutoff, max_bytes)
         if deleted:
             logger.info("retention removed %d spans", deleted)
         return deleted
 
+    def _prune(self, cutoff_ns: int, max_bytes: int) -> int:
+        conn = self._connection()
+        deleted = 0
+        boundary = self._first_id_at_or_after(conn, cutoff_ns)
+        if boundary is not None:
+            deleted += conn.execute("DELETE FROM spans WHERE id < ?", (boundary,)).rowcount
+        conn.execute("DELETE FROM span_details WHERE time_ns < ?", (cutoff_ns,))
+        while self._used_bytes(conn) > max_bytes:
+            count = conn.execute(
+                "DELETE FROM spans WHERE id IN (SELECT id FROM spans ORDER BY id LIMIT 1000)"
+            ).rowcount
+            if not count:
+                break
+            deleted += count
+        return deleted
+
+    @staticmethod
+    def _first_id_at_or_after(conn: sqlite3.Connection, cutoff_ns: int) -> int | None:
+        """Binary search over row ids for the first span that started at or after cutoff."""
+        row = conn.execute("SELECT min(id), max(id) FROM spans").fetchone()
+        if not row or row[0] is None:
+            return None
+        lo, hi = int(row[0]), int(row[1]) + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            found = conn.execute(
+                "SELECT id, start_ns FROM spans WHERE id >= ? ORDER BY id LIMIT 1", (mid,)
+            ).fetchone()
+            if found is None or found[1] >= cutoff_ns:
+                hi = mid
+            else:
+                lo = int(found[0]) + 1
+        return lo
+
     async def used_bytes(self) -> int:
         """Bytes the database occupies, not counting free pages that SQLite will reuse."""
-        values = []
-        for pragma in ("page_count", "freelist_count", "page_size"):
-            async with self._writer.execute(f"PRAGMA {pragma}") as cur:
-                row = await cur.fetchone()
-                values.append(int(row[0]) if row else 0)
+        return await self._call(lambda: self._used_bytes(self._connection()))
+
+    @staticmethod
+    def _used_bytes(conn: sqlite3.Connection) -> int:
+        values = [
+            int(conn.execute(f"PRAGMA {pragma}").fetchone()[0])
+            for pragma in ("page_count", "freelist_count", "page_size")
+        ]
         return (values[0] - values[1]) * values[2]
 
     async def count(self) -> int:
