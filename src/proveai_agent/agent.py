@@ -46,7 +46,7 @@ class Agent:
         hold = config.new_series_hold_s
         self.metrics = SpanMetrics(config.derive_metrics, config.series_cap, hold)
         self.metrics_registry = CollectorRegistry(auto_describe=False)
-        self.metrics_registry.register(_Collector(self.metrics))  # type: ignore[arg-type]
+        self.metrics_registry.register(_Collector(self.metrics))
         self.hub = Hub()
         self.prometheus = (
             MetricsSource("prometheus", config.prometheus_url)

@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import web, web_middlewares
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ErrorFactory = Callable[[web.Request, int, str], web.StreamResponse]
 
 
-def middleware(keys: KeyRing, open_routes: list[str], error: ErrorFactory) -> object:
+def middleware(
+    keys: KeyRing, open_routes: list[str], error: ErrorFactory
+) -> web_middlewares.Middleware:
     """Refuse requests without a valid key (401) and writes with a read key (403)."""
     open_set = frozenset(open_routes)
 

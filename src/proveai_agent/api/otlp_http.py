@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -112,7 +112,7 @@ def gunzip(data: bytes, limit: int) -> bytes:
     return bytes(out)
 
 
-def handler(agent: Agent, signal: str) -> Callable[[web.Request], object]:
+def handler(agent: Agent, signal: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     decode = DECODERS[signal]
 
     async def export(request: web.Request) -> web.Response:

@@ -125,9 +125,9 @@ class SpanMetrics:
                 self.scores.observe((service, name), value)
         for detail in batch.details:
             if detail.kind == "score":
-                value = detail.data.get("value")
-                if isinstance(value, int | float):
-                    self.scores.observe((detail.service, str(detail.data.get("name"))), value)
+                score = detail.data.get("value")
+                if isinstance(score, int | float):
+                    self.scores.observe((detail.service, str(detail.data.get("name"))), score)
         for point in batch.metrics:
             self._observe_point(point)
 

@@ -72,6 +72,9 @@ class Family:
     def _create(self, key: tuple[str, ...]) -> None:
         raise NotImplementedError
 
+    def collect(self, scrape: int, now: float) -> Metric:
+        raise NotImplementedError
+
     def _visible(self, key: tuple[str, ...], scrape: int, now: float) -> bool:
         born = self._born[key]
         if born[0] < 0:

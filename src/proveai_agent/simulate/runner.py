@@ -299,8 +299,10 @@ def _provider(source: Source, agent: str | None, api_key: str | None) -> TracerP
     provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     # Export every second unless the standard variable says otherwise: the SDK's default of
     # 5 s would make live panels lag.
-    delay = {} if "OTEL_BSP_SCHEDULE_DELAY" in os.environ else {"schedule_delay_millis": 1000}
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(**options), **delay))
+    delay = None if "OTEL_BSP_SCHEDULE_DELAY" in os.environ else 1000
+    provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter(**options), schedule_delay_millis=delay)
+    )
     return provider
 
 
