@@ -92,6 +92,7 @@ class Agent:
         logger.info("listening on %s, data in %s", self.url, self.config.data_dir)
         self._tasks.append(asyncio.create_task(self._watch_loop(), name="watch"))
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
+        self._tasks.append(asyncio.create_task(self._checkpoint_loop(), name="checkpoint"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -159,6 +160,14 @@ class Agent:
             await self.case_service.on_signal(signal)
         if len(self.hub):
             self.hub.publish("overview", await self.overview(900))
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(2.0)
+            try:
+                await self.span_store.checkpoint()
+            except Exception as exc:
+                logger.warning("WAL checkpoint failed: %s", exc)
 
     async def _retention_loop(self) -> None:
         while True:

@@ -648,6 +648,9 @@ def _seconds(value: Any) -> float | None:
 def _finish_reasons(value: Any) -> list[str]:
     if value is None:
         return []
+    if type(value) is str and "," not in value and ";" not in value and value[:1] != "[":
+        reason = value.strip()
+        return [reason] if reason else []
     if isinstance(value, str):
         decoded = _structured(value) if value.startswith("[") else None
         items = decoded if isinstance(decoded, list) else _DELIMITERS.split(value)

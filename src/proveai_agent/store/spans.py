@@ -28,6 +28,9 @@ _INSERT_SPAN = (
     " input_tokens, output_tokens, finish_reasons, scores, body)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_INSERT_SPAN_PREFIX = _INSERT_SPAN.split(" VALUES ")[0] + " VALUES "
+_MAX_ROWS_PER_INSERT = 1000
+_VARIABLE_LIMIT = sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER
 _INSERT_DETAIL = (
     "INSERT INTO span_details (trace_id, span_id, service, time_ns, kind, data)"
     " VALUES (?, ?, ?, ?, ?, ?)"
@@ -186,6 +189,9 @@ class SpanStore:
         self._resources: dict[str, int | None] = {}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="span-writer")
         self._conn: sqlite3.Connection | None = None
+        self._statements: dict[int, str] = {}
+        self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="wal-checkpoint")
+        self._checkpoint_conn: sqlite3.Connection | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="span-writer")
@@ -198,6 +204,8 @@ class SpanStore:
             self._task = None
         await self._call(self._close)
         self._executor.shutdown(wait=True)
+        self._checkpointer.submit(self._close_checkpointer).result()
+        self._checkpointer.shutdown(wait=True)
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -208,6 +216,9 @@ class SpanStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=10000")
+            # Checkpoints (which fsync) run on their own thread, see checkpoint(): a commit
+            # then only appends to the WAL.
+            conn.execute("PRAGMA wal_autocheckpoint=0")
             self._conn = conn
         return self._conn
 
@@ -215,6 +226,23 @@ class SpanStore:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    async def checkpoint(self) -> None:
+        """Copy committed WAL frames into the database file (PASSIVE: never blocks writers)."""
+        await asyncio.get_running_loop().run_in_executor(self._checkpointer, self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        if self._checkpoint_conn is None:
+            self._checkpoint_conn = sqlite3.connect(
+                self._path, isolation_level=None, check_same_thread=False
+            )
+            self._checkpoint_conn.execute("PRAGMA busy_timeout=10000")
+        self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _close_checkpointer(self) -> None:
+        if self._checkpoint_conn is not None:
+            self._checkpoint_conn.close()
+            self._checkpoint_conn = None
 
     async def write(self, spans: list[Span], details: list[SpanDetail]) -> None:
         """Persist spans and details; raises StoreUnavailable when they were not committed."""
@@ -250,14 +278,10 @@ class SpanStore:
         conn.execute("BEGIN")
         try:
             resource_ids = self._resource_ids(conn, group)
-            conn.executemany(
-                _INSERT_SPAN,
-                [
-                    _span_row(s, resource_ids[id(s.resource)])
-                    for item in group
-                    for s in item.spans
-                ],
-            )
+            rows = [
+                _span_row(s, resource_ids[id(s.resource)]) for item in group for s in item.spans
+            ]
+            self._insert_spans(conn, rows)
             details = [_detail_row(d) for item in group for d in item.details]
             if details:
                 conn.executemany(_INSERT_DETAIL, details)
@@ -265,6 +289,27 @@ class SpanStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _insert_spans(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Insert rows many at a time with one multi-row INSERT per chunk.
+
+        executemany() takes the GIL back after every row, and waits for it whenever the event
+        loop is busy decoding; one statement per chunk releases the GIL for the whole chunk.
+        """
+        if not rows:
+            return
+        width = len(rows[0])
+        chunk = max(1, min(_MAX_ROWS_PER_INSERT, conn.getlimit(_VARIABLE_LIMIT) // width))
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            statement = self._statements.get(len(part))
+            if statement is None:
+                placeholders = "(" + ", ".join("?" * width) + ")"
+                statement = _INSERT_SPAN_PREFIX + ", ".join([placeholders] * len(part))
+                if len(self._statements) > 64:
+                    self._statements.clear()
+                self._statements[len(part)] = statement
+            conn.execute(statement, [value for row in part for value in row])
 
     def _resource_ids(
         self, conn: sqlite3.Connection, group: list[_Pending]
