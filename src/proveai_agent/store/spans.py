@@ -30,6 +30,7 @@ _INSERT_SPAN = (
 )
 _INSERT_SPAN_PREFIX = _INSERT_SPAN.split(" VALUES ")[0] + " VALUES "
 _MAX_ROWS_PER_INSERT = 1000
+_WAL_RESTART_PAGES = 32_768
 _VARIABLE_LIMIT = sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER
 _INSERT_DETAIL = (
     "INSERT INTO span_details (trace_id, span_id, service, time_ns, kind, data)"
@@ -237,7 +238,11 @@ class SpanStore:
                 self._path, isolation_level=None, check_same_thread=False
             )
             self._checkpoint_conn.execute("PRAGMA busy_timeout=10000")
-        self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        row = self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        # Under steady writes a passive checkpoint never catches up with the end of the WAL,
+        # so the WAL is never restarted; past a size, wait for the writer once and restart.
+        if row and row[1] > _WAL_RESTART_PAGES:
+            self._checkpoint_conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
 
     def _close_checkpointer(self) -> None:
         if self._checkpoint_conn is not None:
