@@ -154,9 +154,8 @@ async def test_migrations_are_versioned_and_idempotent(tmp_path):
 async def test_checkpoint_moves_the_wal_into_the_database(store):
     spans, path = store
     await spans.write([span(f"{i:016x}", start=i) for i in range(1, 2001)], [])
-    wal = path.with_name(path.name + "-wal")
-    assert wal.stat().st_size > 0
+    # The writer never checkpoints by itself: the rows are in the WAL, not in the file.
+    before = path.stat().st_size
     await spans.checkpoint()
-    # After a checkpoint a fresh connection reads every span from the database file itself.
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-        assert conn.execute("SELECT count(*) FROM spans").fetchone()[0] == 2000
+    after = path.stat().st_size
+    assert after > before + 100 * 1024
