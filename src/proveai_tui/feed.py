@@ -20,7 +20,7 @@ from proveai_tui.format import is_open
 logger = logging.getLogger(__name__)
 
 CASE_PAGE = 200
-"""Open cases are picked from the newest CASE_PAGE cases: older open ones are not listed yet."""
+"""At most this many open cases (newest first) are listed."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class PollingSource:
         """One round trip for both answers; a failure of either is reported, not raised."""
         answers: list[Any] = await asyncio.gather(
             self.client.overview(),
-            self.client.cases(limit=CASE_PAGE),
+            self.client.cases(state="open", limit=CASE_PAGE),
             return_exceptions=True,
         )
         overview_answer, cases_answer = answers
