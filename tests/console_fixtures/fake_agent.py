@@ -107,7 +107,9 @@ class FakeAgent:
 
     async def _case_list(self, request: web.Request) -> web.Response:
         items = copy.deepcopy(self.cases["items"])
-        if state := request.query.get("state"):
+        if (state := request.query.get("state")) == "open":
+            items = [case for case in items if case["state"] not in ("RESOLVED", "CLOSED")]
+        elif state:
             items = [case for case in items if case["state"] == state]
         limit = int(request.query.get("limit", "50"))
         return self._answer({"items": items[:limit], "next": None, "total": len(items)})
