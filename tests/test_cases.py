@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from agentfix import READ_KEY
@@ -134,3 +135,23 @@ async def test_a_case_can_be_opened_by_hand_from_a_stored_trace(agent, http):
         f"{agent.url}/api/cases", json={**body, "trace_id": "1" * 32}, headers=headers
     ) as r:
         assert r.status == 404
+
+
+async def test_the_stream_pushes_a_case_when_it_opens(agent, http):
+    async with http.ws_connect(
+        f"{agent.url}/api/stream", headers={"X-API-Key": READ_KEY}
+    ) as ws:
+        for _ in range(100):  # the subscription is registered once the handler runs
+            if len(agent.hub):
+                break
+            await asyncio.sleep(0.01)
+        await agent.case_service.on_signal(signal(T0))
+        message = await ws.receive_json(timeout=5)
+    assert message["type"] == "case"
+    assert message["data"]["id"] == "CASE-1"
+    assert message["data"]["state"] == "DETECTED"
+
+
+async def test_the_stream_needs_a_key(agent, http):
+    async with http.get(f"{agent.url}/api/stream") as r:
+        assert r.status == 401
