@@ -13,10 +13,12 @@ import argparse
 import asyncio
 import sqlite3
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import KEY, cpu_seconds, peak_rss_mb, rag_request, start_agent
@@ -74,12 +76,56 @@ def run(span_bytes: int, requests: int) -> dict[str, float]:
     }
 
 
+def ceiling(span_bytes: int, requests: int) -> dict[str, float]:
+    """What Python and SQLite allow here, in one thread: a bare protobuf decode of every span,
+    and the same decode inserting one row per span with one executemany per request."""
+    bodies = [rag_request(BATCH, span_bytes, seq) for seq in range(requests)]
+    started = time.perf_counter()
+    for body in bodies:
+        for rs in ExportTraceServiceRequest.FromString(body).resource_spans:
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    span.trace_id.hex(), span.span_id.hex(), span.name, span.attributes
+    decode = requests * BATCH / (time.perf_counter() - started)
+    with tempfile.TemporaryDirectory() as tmp:
+        conn = sqlite3.connect(Path(tmp) / "ceiling.db", isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(
+            "CREATE TABLE spans (id INTEGER PRIMARY KEY, trace_id TEXT, span_id TEXT,"
+            " name TEXT, start_ns INTEGER, end_ns INTEGER, body BLOB)"
+        )
+        started = time.perf_counter()
+        for body in bodies:
+            rows = [
+                (
+                    span.trace_id.hex(),
+                    span.span_id.hex(),
+                    span.name,
+                    span.start_time_unix_nano,
+                    span.end_time_unix_nano,
+                    span.SerializeToString(),
+                )
+                for rs in ExportTraceServiceRequest.FromString(body).resource_spans
+                for ss in rs.scope_spans
+                for span in ss.spans
+            ]
+            conn.execute("BEGIN")
+            conn.executemany("INSERT INTO spans VALUES (NULL, ?, ?, ?, ?, ?, ?)", rows)
+            conn.execute("COMMIT")
+        insert = requests * BATCH / (time.perf_counter() - started)
+        conn.close()
+    return {"decode": decode, "sqlite": insert}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run")
     args = parser.parse_args()
     small = run(2048, 40 if args.quick else 200)
     large = run(20480, 8 if args.quick else 40)
+    small_ceiling = ceiling(2048, 40 if args.quick else 200)
+    large_ceiling = ceiling(20480, 8 if args.quick else 40)
     print(
         f"{'size':>8} {'bytes/span':>10} {'accepted/s':>11} {'persisted/s':>12} "
         f"{'refused':>8} {'lost':>5} {'cpu_s':>6} {'peak_rss_mb':>11}"
@@ -89,6 +135,12 @@ def main() -> None:
             f"{name:>8} {r['span_bytes']:>10.0f} {r['accepted']:>11.0f} "
             f"{r['persisted']:>12.0f} "
             f"{r['refused']:>8.0f} {r['lost']:>5.0f} {r['cpu']:>6.1f} {r['rss']:>11.1f}"
+        )
+    print("\nceiling in one thread (spans/s): bare decode, decode + executemany per request")
+    for name, c, r in (("2 KB", small_ceiling, small), ("20 KB", large_ceiling, large)):
+        print(
+            f"{name:>8} decode {c['decode']:>9.0f}  sqlite {c['sqlite']:>8.0f}  "
+            f"agent/sqlite {r['persisted'] / c['sqlite']:.2f}"
         )
     print(
         f"accepted_2kb={small['accepted']:.0f} persisted_2kb={small['persisted']:.0f} "
