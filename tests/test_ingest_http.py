@@ -316,9 +316,10 @@ async def test_genai_client_metrics_are_used_and_others_dropped(agent, http):
         f"{agent.url}/v1/metrics", data=req.SerializeToString(), headers=PROTOBUF
     ) as r:
         assert r.status == 200
-    # New series show zero on their first scrape, so read the second one.
+    # New series show zero on their first scrape, so read the second one, as Prometheus.
+    scraper = {"X-API-Key": OPERATOR_KEY, "User-Agent": "Prometheus/2.42.0"}
     for _ in range(2):
-        async with http.get(f"{agent.url}/metrics", headers=PROTOBUF) as r:
+        async with http.get(f"{agent.url}/metrics", headers=scraper) as r:
             text = await r.text()
     lines = [line for line in text.splitlines() if not line.startswith("#")]
     sums = [line for line in lines if line.startswith("llm_gen_ai_client_metric_sum_total")]

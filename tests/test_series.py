@@ -162,3 +162,16 @@ def test_behind_a_collector_no_span_metrics_are_derived():
     got = scrape(metrics.registry)
     assert not [k for k in got if k.startswith("llm_traces_span_metrics")]
     assert [k for k in got if k.startswith("llm_gen_ai_tokens_total")]
+
+
+def test_a_read_by_something_other_than_a_scraper_does_not_use_up_the_hidden_zero():
+    registry = Registry(cap=10, hold_s=3600)
+    calls = registry.counter("demo_calls", "", ("service_name",))
+    calls.inc(("a",), 4)
+    registry.scraped_by("curl/8.5.0")
+    assert scrape(registry)['demo_calls_total{service_name="a"}'] == 0.0
+    # Prometheus' first scrape still sees the zero, its second one the value.
+    registry.scraped_by("Prometheus/2.42.0")
+    assert scrape(registry)['demo_calls_total{service_name="a"}'] == 0.0
+    registry.scraped_by("Prometheus/2.42.0")
+    assert scrape(registry)['demo_calls_total{service_name="a"}'] == 4.0

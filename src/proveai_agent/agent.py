@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
@@ -82,7 +81,11 @@ class Agent:
         if not len(self.keys):
             logger.warning("no API keys configured: every request except open routes gets 401")
         self._runner = web.AppRunner(
-            make_app(self), access_log=None, handle_signals=False, auto_decompress=False
+            make_app(self),
+            access_log=None,
+            handle_signals=False,
+            auto_decompress=False,
+            shutdown_timeout=5.0,
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port, backlog=1024)
@@ -95,18 +98,22 @@ class Agent:
         self._tasks.append(asyncio.create_task(self._checkpoint_loop(), name="checkpoint"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        await self.span_store.stop()
-        await self._reader.close()
-        await self._writer.close()
+        """Stop serving and close the database, whatever fails on the way: a connection left
+        open keeps its thread, and the process from exiting."""
+        try:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks.clear()
+            if self._runner is not None:
+                await self._runner.cleanup()
+                self._runner = None
+        finally:
+            try:
+                await self.span_store.stop()
+            finally:
+                await self._reader.close()
+                await self._writer.close()
 
     async def ingest(self, batch: Batch, signal: str) -> None:
         """Commit a decoded request, then count it; raises StoreUnavailable when not stored."""

@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # A metrics source that is down is reported once by the watcher; the HTTP library's own
+    # retry warnings would repeat it every cycle.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
     return _serve(args)
 
 
@@ -103,12 +106,15 @@ def _serve(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"proveai-agent: {exc}", file=sys.stderr)
         return 2
-    if config.keys_file is None and not config.api_keys:
-        config.keys_file = Path(config.data_dir) / "keys"
-        ensure_keys_file(config.keys_file)
-        logging.getLogger("proveai_agent").info(
-            "no keys configured: using the keys file %s", config.keys_file
-        )
+    if not config.api_keys:
+        # Without any key the agent would refuse everything: make sure one exists.
+        if config.keys_file is None:
+            config.keys_file = Path(config.data_dir) / "keys"
+        if not config.keys_file.exists():
+            ensure_keys_file(config.keys_file)
+            logging.getLogger("proveai_agent").info(
+                "created the keys file %s with one operator key", config.keys_file
+            )
 
     async def run() -> None:
         task = asyncio.current_task()

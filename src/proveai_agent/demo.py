@@ -20,6 +20,8 @@ from .stack.native import NativeStack
 
 def _port_free(host: str, port: int) -> bool:
     with socket.socket() as sock:
+        # As a server binds: connections of a previous run in TIME_WAIT do not block it.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -117,26 +119,25 @@ def run_demo(args: argparse.Namespace) -> int:
             )
         _wait_healthy(url, agent, agent_log, 30)
         print(f"agent            {url}  (log {agent_log}, API key in {keys})")
-        sim_cmd = [
-            python,
-            "-m",
-            "proveai_agent",
-            "simulate",
-            "--agent",
-            url,
-            "--api-key",
-            key,
-            "--rate",
-            str(args.rate),
-            "--seed",
-            "1",
-        ]
+        # The key travels in the SDK's standard variables, not on a command line ps shows.
+        sim_env = {
+            **env,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": url,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_HEADERS": f"X-API-Key={key}",
+        }
+        sim_cmd = [python, "-m", "proveai_agent", "simulate", "--rate", str(args.rate)]
+        sim_cmd += ["--seed", "1"]
         if args.inject != "none":
             sim_cmd += ["--inject", args.inject, "--at", str(args.at)]
             print(f"simulator        injects {args.inject} {args.at:.0f} s after start")
         with open(data_dir / "simulator.log", "ab") as log:
             simulator = subprocess.Popen(
-                sim_cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                sim_cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=sim_env,
+                start_new_session=True,
             )
         if args.no_console:
             print("running without console; Ctrl-C stops everything")

@@ -77,6 +77,7 @@ def setup(app: web.Application, agent: Agent) -> None:
 
     @routes.get("/metrics")
     async def metrics(request: web.Request) -> web.Response:
+        agent.metrics.registry.scraped_by(request.headers.get("User-Agent", ""))
         body = generate_latest(agent.metrics_registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -1,8 +1,9 @@
 """Capped counter and histogram families that hide a new series' first value for one scrape.
 
 Prometheus (and VictoriaMetrics fed by its remote_write) cannot see the increase that a
-counter's first sample already holds. So a new series is exposed as zero until a scrape has
-seen it (or until `hold_s` passed, when nobody scrapes), and only then with its real value.
+counter's first sample already holds. So a new series is exposed as zero until a scrape by
+a scraper (Prometheus, vmagent) has seen it — or until `hold_s` passed, when none scrapes —
+and only then with its real value. A person reading /metrics with curl uses up nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 logger = logging.getLogger(__name__)
 
 OVERFLOW = "__overflow__"
+SCRAPER_AGENTS = ("Prometheus/", "vm_promscrape", "vmagent", "VictoriaMetrics")
 
 
 class _Clock:
@@ -160,6 +162,7 @@ class Registry:
         self.hold_s = hold_s
         self._clock = _Clock()
         self._families: list[Family] = []
+        self._next_is_scrape = True
 
     def counter(
         self, name: str, documentation: str, labelnames: Sequence[str]
@@ -179,9 +182,15 @@ class Registry:
         self._families.append(family)
         return family
 
+    def scraped_by(self, user_agent: str) -> None:
+        """Say who reads the next exposition: only a scraper's read moves hidden series on."""
+        self._next_is_scrape = user_agent.startswith(SCRAPER_AGENTS)
+
     def collect(self) -> Iterator[Metric]:
         """prometheus_client's collector protocol: one scrape of every family."""
-        self._clock.scrapes += 1
+        if self._next_is_scrape:
+            self._clock.scrapes += 1
+        self._next_is_scrape = True
         scrape = self._clock.scrapes
         now = time.monotonic()
         for family in self._families:
