@@ -230,3 +230,34 @@ def test_robust_baseline_is_median_and_mad() -> None:
 
 def test_severity_grows_with_the_ratio_to_the_threshold() -> None:
     assert [severity(r) for r in (1.1, 1.5, 2.5, 10.0)] == ["low", "medium", "high", "critical"]
+
+
+async def test_p95_jumping_across_a_bucket_edge_with_a_steady_mean_raises_nothing(
+    vm: VMHandle,
+) -> None:
+    # Baseline: 3 % of calls at 1.2 s, the rest at 0.9 s; now 8 % at 1.2 s. By hand p95
+    # goes from 0.5 + 0.5 * 1.9 / 1.94 = 0.99 s to 1 + 4 * (1.9 - 1.84) / 0.16 = 2.5 s,
+    # above 2 x 0.99, while the mean moves from 0.909 s to 0.924 s (1.6 %): no regression.
+    text = history(
+        ok=[(START, NOW, 2.0)],
+        latency=[
+            (START, CUT, [(1.94, 0.9), (0.06, 1.2)]),
+            (CUT, NOW, [(1.84, 0.9), (0.16, 1.2)]),
+        ],
+    )
+    assert await run(vm, text) == []
+
+
+async def test_a_tail_regression_fires_on_p95_when_the_mean_rises_too(vm: VMHandle) -> None:
+    # Now 10 % of calls take 4 s instead of 0.8 s. By hand: p95 from 0.5 + 0.5 * 0.95 =
+    # 0.975 s to 1 + 4 * 0.5 = 3.0 s (threshold 1.95 s); the mean from 0.8 s to 1.12 s,
+    # 1.4 times, below its own 2x threshold but enough to confirm the p95.
+    text = history(
+        ok=[(START, NOW, 2.0)],
+        latency=[(START, CUT, [(2.0, 0.8)]), (CUT, NOW, [(1.8, 0.8), (0.2, 4.0)])],
+    )
+    signals = await run(vm, text)
+    assert [(s.kind, s.evidence["statistic"]) for s in signals] == [
+        ("latency_regression", "p95_s")
+    ]
+    assert signals[0].evidence["current"] == pytest.approx(3.0)

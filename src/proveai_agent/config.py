@@ -28,6 +28,7 @@ class DetectorConfig:
     min_calls: int = 5
     latency_factor: float = 2.0
     latency_mad_k: float = 4.0
+    latency_tail_mean_factor: float = 1.2
     error_ratio_min: float = 0.05
     error_mad_k: float = 4.0
 

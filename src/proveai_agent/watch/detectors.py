@@ -10,6 +10,8 @@ median absolute deviation (MAD). With σ = 1.4826 × MAD (the MAD scaled to a st
 - latency regression: p95 (from the histogram buckets) or mean latency (from _sum and
   _count) fires above max(latency_factor × median, median + latency_mad_k × σ). The mean
   catches requests slower than the top bucket, where p95 is stuck at the top finite bound.
+  p95 alone fires only when the mean rose at least `latency_tail_mean_factor` times too:
+  inside coarse buckets p95 jumps when the share of calls above a bucket edge crosses 5 %.
 
 Nothing fires with fewer than `min_calls` calls or less than `min_rps` in the current
 window, or with fewer than `min_baseline_points` baseline windows that had that much
@@ -296,6 +298,15 @@ def _latency_regression(ctx: _Context, data: _Data, busy: dict[float, float]) ->
         found[statistic] = ctx.evidence(statistic, current * to_s, base, threshold)
 
     firing = {s: e for s, e in found.items() if e["current"] > e["threshold"]}
+    # p95 is interpolated inside coarse buckets: when the share of calls just above a bucket
+    # edge crosses 5 % it jumps far with no real change. The exact mean must move too
+    # before p95 alone counts.
+    mean = found.get("mean_s")
+    tail_only = "p95_s" in firing and "mean_s" not in firing and mean is not None
+    if tail_only and mean["current"] < (
+        ctx.config.latency_tail_mean_factor * mean["baseline_median"]
+    ):
+        del firing["p95_s"]
     if not firing:
         return None
     statistic = max(firing, key=lambda s: firing[s]["ratio_to_threshold"] or math.inf)

@@ -16,6 +16,9 @@ from proveai_agent.watch.schemes import Scheme
 logger = logging.getLogger(__name__)
 
 WINDOW = "5m"
+# The request rate is over the last minute: over 5 minutes it would ramp up for the first
+# five minutes of a new service, since rate() divides what it saw by the whole window.
+RATE_WINDOW = "1m"
 QUANTILES = (("p50_s", 0.5), ("p95_s", 0.95), ("p99_s", 0.99))
 SERIES_POINTS = 120
 MIN_STEP_S = 15
@@ -114,15 +117,18 @@ def _queries(scheme: Scheme) -> dict[str, str]:
     by = scheme.service_label
     entry = f"{scheme.calls}{{{ENTRY_KINDS}}}"
 
-    def per_service(metric: str, entry_metric: str, extra_by: str = "") -> str:
+    def per_service(
+        metric: str, entry_metric: str, extra_by: str = "", window: str = WINDOW
+    ) -> str:
         group = f"{by}{extra_by}"
         return (
-            f"sum by ({group}) (rate({entry_metric}[{WINDOW}]))"
-            f" or sum by ({group}) (rate({metric}[{WINDOW}]))"
+            f"sum by ({group}) (rate({entry_metric}[{window}]))"
+            f" or sum by ({group}) (rate({metric}[{window}]))"
         )
 
     out = {
-        "rate_rps": per_service(scheme.calls, entry),
+        "rate_rps": per_service(scheme.calls, entry, window=RATE_WINDOW),
+        "calls_rps": per_service(scheme.calls, entry),
         # A service with entry spans but no error series among them has 0 errors there.
         "errors_rps": (
             f"sum by ({by}) (rate({scheme.errors(ENTRY_KINDS)}[{WINDOW}]))"
@@ -158,7 +164,7 @@ async def _services(
     values = {f: vector(r, labels) for f, r in zip(queries, instant, strict=True)}
     series = {f: matrix(r, labels) for f, r in zip(series_fields, ranged, strict=True)}
 
-    keys = set(values["rate_rps"])
+    keys = set(values["rate_rps"]) | set(values["calls_rps"])
     for by_key in series.values():
         keys.update(by_key)
 
@@ -166,10 +172,11 @@ async def _services(
     for key in sorted(keys):
         rate = values["rate_rps"].get(key)
         errors = values["errors_rps"].get(key)
+        calls = values["calls_rps"].get(key)
         entry: dict[str, Any] = {
             "service": key[0],
             "rate_rps": rate,
-            "error_ratio": (errors or 0.0) / rate if rate else None,
+            "error_ratio": (errors or 0.0) / calls if calls else None,
         }
         for field, _ in QUANTILES:
             entry[field] = _seconds(values.get(field, {}).get(key), scheme)
