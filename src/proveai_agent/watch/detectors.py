@@ -302,11 +302,10 @@ def _latency_regression(ctx: _Context, data: _Data, busy: dict[float, float]) ->
     # edge crosses 5 % it jumps far with no real change. The exact mean must move too
     # before p95 alone counts.
     mean = found.get("mean_s")
-    tail_only = "p95_s" in firing and "mean_s" not in firing and mean is not None
-    if tail_only and mean["current"] < (
-        ctx.config.latency_tail_mean_factor * mean["baseline_median"]
-    ):
-        del firing["p95_s"]
+    if "p95_s" in firing and "mean_s" not in firing and mean is not None:
+        floor = ctx.config.latency_tail_mean_factor * mean["baseline_median"]
+        if mean["current"] < floor:
+            del firing["p95_s"]
     if not firing:
         return None
     statistic = max(firing, key=lambda s: firing[s]["ratio_to_threshold"] or math.inf)
