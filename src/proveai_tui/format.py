@@ -39,14 +39,37 @@ def is_number(value: Any) -> bool:
 
 
 def rate(rps: Any, missing: str = NO_DATA) -> str:
-    """A request rate: 4.2 rps, 0.05 rps, 120 rps."""
+    """A request rate: two decimals below 1 rps, one below 100, none above.
+
+    The rule goes by the rounded value, zero included (0.00 rps), so that equal magnitudes
+    always read alike; a rate above zero that would round to 0.00 reads "<0.01 rps".
+    """
     if not is_number(rps):
         return missing
-    if rps >= 100:
-        return f"{rps:.0f} rps"
-    if rps >= 1 or rps == 0:
+    if 0 < rps < 0.005:
+        return "<0.01 rps"
+    if round(rps, 2) < 1:
+        return f"{rps:.2f} rps"
+    if round(rps, 1) < 100:
         return f"{rps:.1f} rps"
-    return f"{rps:.2f} rps"
+    return f"{rps:.0f} rps"
+
+
+def count(value: Any, missing: str = DASH) -> str:
+    """A count that arrives as a float (calls over a window): 252, 1,204."""
+    if not is_number(value):
+        return missing
+    return f"{round(value):,}"
+
+
+def window(value: Any, missing: str = DASH) -> str:
+    """A window length in seconds, in the largest whole unit: 45 s, 5 m, 2 h, 3 d."""
+    if not is_number(value) or value < 0:
+        return missing
+    for size, unit in ((86_400, "d"), (3_600, "h"), (60, "m")):
+        if value >= size and value % size == 0:
+            return f"{int(value // size)} {unit}"
+    return f"{value:g} s"
 
 
 def percent(ratio: Any, missing: str = NO_DATA) -> str:

@@ -42,10 +42,9 @@ _SPAN_COLUMNS = (
     " s.output_tokens, s.finish_reasons, s.scores, s.body, r.attributes"
 )
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
-# A stored body is the span's protobuf bytes after b"P" when it arrived in protobuf, or
-# JSON after b"J" (status message, attributes and events) when it arrived in JSON.
-_PROTOBUF_BODY = b"P"
-_JSON_BODY = b"J"
+# A stored body is the span's protobuf bytes as they arrived, or, for a span that arrived in
+# JSON, a JSON object of its status message, attributes and events. They cannot be confused:
+# a serialised span starts with its trace id, field 1 (byte 0x0a), and JSON with "{".
 
 
 class StoreUnavailable(RuntimeError):
@@ -54,7 +53,7 @@ class StoreUnavailable(RuntimeError):
 
 def _span_row(span: Span, resource_id: int | None) -> tuple[Any, ...]:
     if span.raw is not None:
-        body = _PROTOBUF_BODY + span.raw
+        body = span.raw
     else:
         doc: dict[str, Any] = {}
         if span.status_message:
@@ -63,7 +62,7 @@ def _span_row(span: Span, resource_id: int | None) -> tuple[Any, ...]:
             doc["attributes"] = span.attributes
         if span.events:
             doc["events"] = span.events
-        body = _JSON_BODY + _dumps(doc).encode()
+        body = _dumps(doc).encode()
     return (
         span.trace_id,
         span.span_id,
@@ -105,10 +104,10 @@ def row_to_span(row: tuple[Any, ...] | aiosqlite.Row) -> dict[str, Any]:
     events here, not at ingest, so that ingest stays cheap.
     """
     body = bytes(row[17])
-    if body[:1] == _PROTOBUF_BODY:
-        attributes, events, status_message = otlp.stored_span_parts(body[1:])
+    if body[:1] != b"{":
+        attributes, events, status_message = otlp.stored_span_parts(body)
     else:
-        doc = json.loads(body[1:]) if body[1:] else {}
+        doc = json.loads(body)
         attributes = doc.get("attributes", {})
         events = doc.get("events", [])
         status_message = doc.get("status_message", "")

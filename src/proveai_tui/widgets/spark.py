@@ -28,8 +28,9 @@ def series_values(points: Any) -> list[float | None]:
 def spark_line(values: Sequence[float | None], width: int) -> str:
     """The last `width` values as block characters, scaled from their lowest to their highest.
 
-    The newest value is at the right edge; a missing value is a gap, never a zero bar; a flat
-    series is a flat line at half height.
+    The newest value is at the right edge; a missing value is a gap, never a zero bar. Zero is
+    the lowest block (in a series that never goes below it), so that a dead service lies flat
+    at the bottom; a flat series above zero is a flat line at half height.
     """
     if width <= 0:
         return ""
@@ -41,6 +42,8 @@ def spark_line(values: Sequence[float | None], width: int) -> str:
     for value in recent:
         if value is None:
             cells.append(GAP)
+        elif value == 0 and low >= 0:
+            cells.append(BLOCKS[0])
         elif span <= abs(high) * 1e-9:
             cells.append(BLOCKS[len(BLOCKS) // 2 - 1])
         else:
