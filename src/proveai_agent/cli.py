@@ -1,4 +1,4 @@
-"""The `proveai-agent` command line: serve, demo and simulate."""
+"""The `proveai-agent` command line: serve, demo, simulate and stack."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .simulate import runner
+    from .stack import render
 
     parser = argparse.ArgumentParser(prog="proveai-agent", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
@@ -65,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = commands.add_parser("simulate", help="send simulated GenAI traffic over OTLP")
     runner.add_arguments(simulate)
+
+    stack = commands.add_parser("stack", help="the telemetry stack in stack/")
+    stack_commands = stack.add_subparsers(dest="stack_command", required=True)
+    render_parser = stack_commands.add_parser("render", help="turn stack/.env into envoy.yaml")
+    render.add_arguments(render_parser)
     return parser
 
 
@@ -74,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         from .simulate import runner
 
         return runner.run(args)
+    if args.command == "stack":
+        from .stack import render
+
+        return render.run(args)
     if args.command == "demo":
         from .demo import run_demo
 
