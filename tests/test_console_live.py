@@ -3,9 +3,10 @@
 Each request is one trace, sent with the OpenTelemetry SDK from two services:
 
     POST /ask           shop-api        SERVER  0.20 s
-      vector search     shop-api        CLIENT  50 ms
+      vector search     shop-api        CLIENT  50 ms   one retrieved chunk
         POST /search    shop-retriever  SERVER  40 ms
-      chat gpt-4o-mini  shop-api        CLIENT  0.12 s  812 input / 95 output tokens
+      chat gpt-4o-mini  shop-api        CLIENT  0.12 s  812 input / 95 output tokens, a system
+                                                        prompt, a question, an answer, a score
 
 A service's panel counts its entry (SERVER) spans. Every entry span of shop-api lasts 0.2 s,
 inside the (0.1, 0.5] bucket: p50 = 0.1 + 0.4 × 0.5 = 0.30 s, p95 = 0.1 + 0.4 × 0.95 = 0.48 s,
@@ -58,6 +59,7 @@ from proveai_tui.widgets.metric import Metric
 from proveai_tui.widgets.service_panel import ServicePanel
 from proveai_tui.widgets.signal_list import SignalList
 from proveai_tui.widgets.source_health import SourceHealth
+from proveai_tui.widgets.span_detail import SpanDetail
 from proveai_tui.widgets.span_tree import SpanTree
 
 pytestmark = [pytest.mark.console, pytest.mark.integration]
@@ -75,7 +77,20 @@ CHILD_LABELS = [
     "chat gpt-4o-mini  shop-api  0.12 s  unset  812 in / 95 out tok",
 ]
 GRANDCHILD_LABEL = "POST /search  shop-retriever  40 ms  unset"
+VERIFY = (
+    "histogram_quantile(0.95, sum by (le) (rate(llm_traces_span_metrics_duration_seconds_bucket"
+    '{service_name="shop-api",span_name="POST /ask"}[60s])))'
+)
 RATE = re.compile(r"rate (\d+\.\d\d) rps")
+
+SYSTEM = "You answer questions about orders from the retrieved context only."
+QUESTION = "Where is my order?"
+ANSWER = "It ships tomorrow [orders#1]."
+CHUNK = {
+    "id": "orders#1",
+    "content": "Orders ship within two days.\nExpress orders ship the same day.",
+    "score": 0.91,
+}
 
 
 def require_backends() -> None:
@@ -113,7 +128,11 @@ def send_traces(url: str, count: int = TRACES) -> list[str]:
         root = api.start_span("POST /ask", kind=SpanKind.SERVER, start_time=t0)
         in_root = trace.set_span_in_context(root)
         search = api.start_span(
-            "vector search", in_root, kind=SpanKind.CLIENT, start_time=t0 + 10 * MS
+            "vector search",
+            in_root,
+            kind=SpanKind.CLIENT,
+            start_time=t0 + 10 * MS,
+            attributes={"gen_ai.retrieval.documents": json.dumps([CHUNK])},
         )
         served = retriever.start_span(
             "POST /search",
@@ -134,6 +153,22 @@ def send_traces(url: str, count: int = TRACES) -> list[str]:
                 "gen_ai.provider.name": "openai",
                 "gen_ai.usage.input_tokens": 812,
                 "gen_ai.usage.output_tokens": 95,
+                "gen_ai.input.messages": json.dumps(
+                    [
+                        {"role": "system", "parts": [{"type": "text", "content": SYSTEM}]},
+                        {"role": "user", "parts": [{"type": "text", "content": QUESTION}]},
+                    ]
+                ),
+                "gen_ai.output.messages": json.dumps(
+                    [
+                        {
+                            "role": "assistant",
+                            "parts": [{"type": "text", "content": ANSWER}],
+                            "finish_reason": "stop",
+                        }
+                    ]
+                ),
+                "gen_ai.evaluation.relevance.score": 0.93,
             },
         )
         chat.end(end_time=t0 + 190 * MS)
@@ -254,6 +289,14 @@ async def until(pilot: Pilot, condition: Callable[[], bool], what: str, timeout_
         await pilot.pause(0.05)
 
 
+async def move_down_to(pilot: Pilot, tree: SpanTree, name: str) -> None:
+    for _ in range(tree.last_line + 1):
+        if tree.cursor_node is not None and (tree.cursor_node.data or {}).get("name") == name:
+            return
+        await pilot.press("j")
+    raise AssertionError(f"no span {name!r} below the cursor")
+
+
 def metric(app: ConsoleApp, service: str, name: str) -> str:
     (panel,) = [p for p in app.overview_screen.query(ServicePanel) if p.service == service]
     return panel.query_one(f".{name}", Metric).plain
@@ -284,7 +327,17 @@ async def test_live_agent_panels_case_list_and_case_screen_in_the_pilot(live: Li
         at=time.time(),
         severity="high",
         summary="p95 0.48 s over 1 m against a baseline of 0.20 s",
-        evidence={"current": 0.48, "baseline": 0.2, "threshold": 0.4, "window_s": 60},
+        evidence={
+            "statistic": "p95_s",
+            "current": 0.48,
+            "baseline_median": 0.2,
+            "baseline_mad": 0.01,
+            "threshold": 0.4,
+            "window_s": 60,
+            "traffic": {"calls": 12.0, "rps": 0.2},
+            "query": VERIFY,
+            "queries": {"current": [VERIFY], "baseline": [VERIFY]},
+        },
     )
     case = await live.agent.case_service.on_signal(signal)
     case_id = case["id"]
@@ -348,9 +401,13 @@ async def test_live_agent_panels_case_list_and_case_screen_in_the_pilot(live: Li
 
         signals = case_screen.query_one(SignalList).plain
         assert "Signals (1)" in signals
-        assert "high  latency_regression  shop-api / POST /ask  LATENCY_REGRESS" in signals
+        assert "high  latency_regression  LATENCY_REGRESS  shop-api / POST /ask" in signals
         assert "p95 0.48 s over 1 m against a baseline of 0.20 s" in signals
-        assert "current 0.48 · baseline 0.2 · threshold 0.4 · window_s 60" in signals
+        assert (
+            "statistic p95_s · current 0.48 s · baseline median 0.20 s · threshold 0.40 s "
+            "· window 1 m · traffic 12 calls, 0.20 rps"
+        ) in signals
+        assert f"query {VERIFY}" in signals and "queries" not in signals
 
         traces = tree.root.children
         assert 1 <= len(traces) <= 5, "the snapshot keeps at most five exemplar traces"
@@ -365,6 +422,28 @@ async def test_live_agent_panels_case_list_and_case_screen_in_the_pilot(live: Li
 
         on_screen = ["trigger   anomaly_detection", ROOT_LABEL, CHILD_LABELS[0], "Back"]
         await until(pilot, lambda: all(s in screen_text(app) for s in on_screen), "the case")
+
+        detail = case_screen.query_one(SpanDetail)
+        await move_down_to(pilot, tree, "chat gpt-4o-mini")
+        assert detail.plain.splitlines() == [
+            "chat gpt-4o-mini  client  0.12 s  unset",
+            "service shop-api · model gpt-4o-mini · operation chat · provider openai · tokens "
+            "812 in / 95 out tok · finish stop",
+            "scores relevance 0.93",
+            "Messages (3)",
+            f"system  {SYSTEM}",
+            f"user  {QUESTION}",
+            f"assistant  {ANSWER}",
+        ]
+        await pilot.press("tab", "end")
+        assert app.screen.focused is detail
+        await until(pilot, lambda: f"assistant {ANSWER}" in screen_text(app), "the answer")
+        await pilot.press("shift+tab", "home")
+        await move_down_to(pilot, tree, "vector search")
+        assert detail.plain.splitlines()[2:] == [
+            "Retrieved chunks (1)",
+            "orders#1  0.91  Orders ship within two days.",
+        ]
 
         await pilot.press("escape")
         await until(pilot, lambda: isinstance(app.screen, OverviewScreen), "the overview")
@@ -464,7 +543,9 @@ class Pane:
         return done.stdout
 
     def start(self, command: list[str], env: dict[str, str]) -> None:
-        line = shlex.join(["env", *(f"{k}={v}" for k, v in env.items()), *command])
+        # COLUMNS and LINES from the test runner would override the pane's own size.
+        unset = ["-u", "COLUMNS", "-u", "LINES"]
+        line = shlex.join(["env", *unset, *(f"{k}={v}" for k, v in env.items()), *command])
         self.tmux("new-session", "-d", "-s", "console", "-x", "80", "-y", "24", line)
         self.tmux("set-option", "-t", "console", "remain-on-exit", "on")
 

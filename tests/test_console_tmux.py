@@ -1,8 +1,9 @@
-"""The real `proveai-console` in a tmux pane at 80×24, read back with `capture-pane`."""
+"""The real `proveai-console` in a tmux pane at 80×24 (and 160×48), read with `capture-pane`."""
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -78,9 +79,14 @@ class Pane:
         )
         return done.stdout
 
-    def start(self, command: list[str], env: dict[str, str]) -> None:
-        line = shlex.join(["env", *(f"{k}={v}" for k, v in env.items()), *command])
-        self.tmux("new-session", "-d", "-s", "console", "-x", "80", "-y", "24", line)
+    def start(
+        self, command: list[str], env: dict[str, str], size: tuple[int, int] = (80, 24)
+    ) -> None:
+        # COLUMNS and LINES from the test runner would override the pane's own size.
+        unset = ["-u", "COLUMNS", "-u", "LINES"]
+        line = shlex.join(["env", *unset, *(f"{k}={v}" for k, v in env.items()), *command])
+        width, height = (str(n) for n in size)
+        self.tmux("new-session", "-d", "-s", "console", "-x", width, "-y", height, line)
         self.tmux("set-option", "-t", "console", "remain-on-exit", "on")
 
     def text(self) -> str:
@@ -102,10 +108,34 @@ class Pane:
                 raise AssertionError(f"timed out waiting for {what}; the pane shows:\n{text}")
             time.sleep(0.2)
 
+    def wait_dead(self, what: str) -> None:
+        deadline = time.monotonic() + 10
+        while not self.dead():
+            assert time.monotonic() < deadline, f"{what} did not quit:\n{self.text()}"
+            time.sleep(0.2)
+
     def kill(self) -> None:
         subprocess.run(
             ["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=10
         )
+
+
+def console_env() -> dict[str, str]:
+    return {"TERM": "xterm-256color", "PROVEAI_API_KEY": KEY, "PYTHONPATH": str(SRC)}
+
+
+@pytest.fixture
+def pane() -> Iterator[Pane]:
+    started = Pane(f"proveai-console-test-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        yield started
+    finally:
+        started.kill()
+
+
+def fits(text: str, size: tuple[int, int]) -> bool:
+    lines = text.splitlines()
+    return len(lines) <= size[1] and all(len(line) <= size[0] for line in lines)
 
 
 @pytest.mark.parametrize("no_color", [False, True], ids=["colour", "NO_COLOR"])
@@ -167,3 +197,83 @@ def test_console_in_tmux_shows_panels_opens_a_case_and_quits(
         assert "Traceback" not in pane.text()
     finally:
         pane.kill()
+
+
+def test_ctrl_c_quits_the_console(agent_url: str, pane: Pane) -> None:
+    pane.start([*console_command(), "--agent", agent_url], console_env())
+    pane.wait(lambda t: "● connected" in t and "CASE-7" in t, "the overview")
+    pane.keys("C-c")
+    pane.wait_dead("ctrl+c")
+    assert "ctrl+q" not in pane.text() and "Traceback" not in pane.text()
+
+
+def test_case_screen_at_80x24_shows_the_span_detail_and_scrolls_it(
+    agent_url: str, pane: Pane
+) -> None:
+    pane.start([*console_command(), "--agent", agent_url], console_env())
+    pane.wait(lambda t: "CASE-7  high" in t, "the overview")
+    pane.keys("Enter")
+    header = [
+        "CASE-7  Error spike on rag-api: chat calls rate-limited",
+        "state     INVESTIGATING",
+        "scores    relevance 0.963 · groundedness 0.412",
+    ]
+    shown = [
+        *header,
+        "Signals (2)",
+        "high  error_spike  ERROR_SPIKE  rag-api / chat gpt-4o",
+        "└─ chat gpt-4o  rag-api  1.58 s  ERROR  812 in / 95 out tok",
+        "chat gpt-4o  client  1.58 s  ERROR: 429 Too Many Requests",
+        "service rag-api · model gpt-4o → gpt-4o-2024-08-06 · operation chat",
+    ]
+    text = pane.wait(lambda t: all(s in t for s in shown), "the case with its span")
+    assert fits(text, (80, 24))
+
+    pane.keys("Tab")
+    pane.keys(*["j"] * 3)
+    shown = [
+        *header,
+        "scores relevance 0.963 · groundedness 0.412",
+        "Messages (2)",
+        "system You are the support assistant for Acme routers.",
+    ]
+    text = pane.wait(lambda t: all(s in t for s in shown), "the detail scrolled")
+    assert "provider openai" not in text, "three lines scrolled away"
+    assert fits(text, (80, 24))
+
+    pane.keys("Tab", "j", "j")
+    shown = [*header, "statistic error_ratio · current 12.0 % · baseline median 1.5 %"]
+    text = pane.wait(lambda t: all(s in t for s in shown), "the signals scrolled")
+    assert "Signals (2)" not in text
+    pane.keys("q")
+    pane.wait_dead("q")
+
+
+def test_at_160x48_titles_have_a_column_and_the_detail_sits_beside_the_tree(
+    agent_url: str, pane: Pane
+) -> None:
+    size = (160, 48)
+    pane.start([*console_command(), "--agent", agent_url], console_env(), size)
+    row = re.compile(
+        r"CASE-7  high      INVESTIGATING  ERROR_SPIKE      rag-api   \S+ +"
+        r"Error spike on rag-api: chat calls rate-limited$",
+        re.MULTILINE,
+    )
+    print(
+        "SIZE", pane.tmux("list-windows", "-F", "#{window_width}x#{window_height}"), pane.socket
+    )
+    text = pane.wait(lambda t: row.search(t) is not None, "the title in its column")
+    assert "Open cases (2)  ⏎ opens the highlighted one" in text
+    assert fits(text, size)
+
+    pane.keys("Enter")
+    text = pane.wait(lambda t: "Messages (2)" in t, "the wide case screen")
+    beside = [
+        line
+        for line in text.splitlines()
+        if "└─ ▼ POST /ask" in line and "service rag-api · model gpt-4o" in line
+    ]
+    assert beside, text
+    assert "query (sum(increase(" in text and fits(text, size)
+    pane.keys("q")
+    pane.wait_dead("q")

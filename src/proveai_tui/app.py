@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from textual.app import App
 from textual.binding import Binding, BindingType
+from textual.dom import DOMNode
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
@@ -20,7 +21,7 @@ from proveai_tui import __version__
 from proveai_tui.client import DEFAULT_URL, AgentClient, AgentError
 from proveai_tui.feed import LiveSource, PollingSource, Snapshot
 from proveai_tui.screens.case import CaseScreen
-from proveai_tui.screens.help import HelpScreen
+from proveai_tui.screens.help import HelpScreen, KeyGroup, KeyRow, help_title
 from proveai_tui.screens.overview import OverviewScreen
 from proveai_tui.widgets.status_bar import Link
 
@@ -40,7 +41,7 @@ def link_after(error: AgentError | None, agent: str, last_data: datetime | None)
     return Link(state, agent, reason=error.message, last_data=last_data)
 
 
-class ConsoleApp(App[None]):
+class ConsoleApp(App[None], inherit_bindings=False):
     """Prove AI's console: keeps the last data on screen whatever the agent does.
 
     Args:
@@ -54,9 +55,19 @@ class ConsoleApp(App[None]):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]  # noqa: RUF012
     VERTICAL_BREAKPOINTS = [(0, "-short"), (40, "-tall")]  # noqa: RUF012
 
+    help_title = "Everywhere"
+
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit", id="app.quit"),
-        Binding("question_mark", "show_keys", "Keys", key_display="?", id="app.keys"),
+        Binding("ctrl+c,ctrl+q", "quit", "Quit", show=False, priority=True, id="app.quit"),
+        Binding(
+            "question_mark",
+            "show_keys",
+            "Keys",
+            tooltip="List every key of this screen",
+            key_display="?",
+            id="app.keys",
+        ),
     ]
 
     link: reactive[Link | None] = reactive(None)
@@ -114,20 +125,43 @@ class ConsoleApp(App[None]):
     def action_show_keys(self) -> None:
         if isinstance(self.screen, HelpScreen):
             return
-        self.push_screen(HelpScreen(self.binding_rows()))
+        self.push_screen(HelpScreen(self.binding_groups()))
 
-    def binding_rows(self) -> list[tuple[str, str, str]]:
-        """Key, description and id of each binding with an id that works on this screen."""
+    def binding_groups(self) -> list[KeyGroup]:
+        """Every binding that works on this screen, grouped by where it works.
+
+        The focused pane comes first, then the other panes in Tab order, then the screen's
+        own bindings, then the app's, which work everywhere.
+        """
+        screen = self.screen
+        panes = sorted(screen.focus_chain, key=lambda widget: widget is not screen.focused)
+        groups = []
+        for widget in panes:
+            rows = self._binding_rows(widget)
+            if rows:
+                title = help_title(widget)
+                if widget is screen.focused:
+                    title += " (focused)"
+                groups.append(KeyGroup(title, rows))
+        for node in (screen, self):
+            rows = self._binding_rows(node)
+            if rows:
+                groups.append(KeyGroup(help_title(node), rows))
+        return groups
+
+    def _binding_rows(self, node: DOMNode) -> list[KeyRow]:
+        """Keys, description and id of each binding of one node, keys of one id together."""
         rows: dict[str, tuple[list[str], str]] = {}
-        for active in self.screen.active_bindings.values():
-            binding = active.binding
-            if not binding.id or binding.system:
-                continue
-            keys, _ = rows.setdefault(binding.id, ([], binding.description))
-            shown = self.get_key_display(binding)
-            if shown not in keys:
-                keys.append(shown)
-        return [(" ".join(keys), description, bid) for bid, (keys, description) in rows.items()]
+        for bindings in node._bindings.key_to_bindings.values():
+            for binding in bindings:
+                if binding.system:
+                    continue
+                bid = binding.id or binding.action
+                keys, _ = rows.setdefault(bid, ([], binding.tooltip or binding.description))
+                shown = self.get_key_display(binding)
+                if shown not in keys:
+                    keys.append(shown)
+        return [KeyRow(" ".join(keys), does, bid) for bid, (keys, does) in rows.items()]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -88,11 +88,11 @@ def seconds(value: Any, missing: str = NO_DATA) -> str:
     """A latency or duration: 85 ms, 0.84 s, 12.3 s, 240 s."""
     if not is_number(value):
         return missing
-    if value < 0.1:
+    if round(value, 4) < 0.1:
         return f"{value * 1000:.0f} ms"
-    if value < 10:
+    if round(value, 2) < 10:
         return f"{value:.2f} s"
-    if value < 100:
+    if round(value, 1) < 100:
         return f"{value:.1f} s"
     return f"{value:.0f} s"
 

@@ -1,4 +1,4 @@
-"""One case: its head, its signals, and its exemplar traces as span trees."""
+"""One case: its head, its signals, its exemplar traces as span trees, and the chosen span."""
 
 from __future__ import annotations
 
@@ -9,14 +9,18 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import VerticalScroll
+from textual.containers import Container
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import Footer, Tree
+from textual.widgets.tree import TreeNode
 
+from proveai_tui import format as fmt
 from proveai_tui import palette
 from proveai_tui.client import AgentClient, AgentError
 from proveai_tui.widgets.case_header import CaseHeader
 from proveai_tui.widgets.quiet_static import QuietStatic
+from proveai_tui.widgets.scroll_pane import ScrollPane
 from proveai_tui.widgets.signal_list import SignalList
 from proveai_tui.widgets.span_detail import SpanDetail
 from proveai_tui.widgets.span_tree import SpanTree
@@ -25,6 +29,8 @@ from proveai_tui.widgets.status_bar import StatusBar
 logger = logging.getLogger(__name__)
 
 MAX_TRACES = 5
+FOCUS_CLASSES = {"signals": "-signals-focused", "span-detail": "-detail-focused"}
+"""The screen's class while that pane has focus; on a short screen the pane grows."""
 NO_TRACES = "no exemplar trace in the case's snapshot"
 
 
@@ -35,15 +41,62 @@ def snapshot_traces(case: dict[str, Any]) -> list[dict[str, Any] | str]:
     return [t for t in traces or [] if isinstance(t, dict | str)][:MAX_TRACES]
 
 
-class CaseScreen(Screen):
+Content = dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]]
+"""Messages and retrieved chunks by the id of the span that carried them."""
+
+
+def snapshot_content(case: dict[str, Any]) -> Content:
+    """The snapshot's prompts, model outputs and retrieved chunks, by their span's id."""
+    snapshot = fmt.mapping(case.get("context_snapshot"))
+    content: Content = {}
+    for key in ("prompts", "model_outputs"):
+        for message in fmt.items(snapshot.get(key)):
+            if isinstance(message, dict) and message.get("span_id"):
+                content.setdefault(str(message["span_id"]), ([], []))[0].append(message)
+    for chunk in fmt.items(snapshot.get("retrieved_chunks")):
+        if isinstance(chunk, dict) and chunk.get("span_id"):
+            content.setdefault(str(chunk["span_id"]), ([], []))[1].append(chunk)
+    return content
+
+
+def content_counts(traces: list[dict[str, Any]], extra: Content) -> dict[str, tuple[int, int]]:
+    """How many messages and chunks each span shows, its own or else the snapshot's."""
+    counts = {}
+    for trace in traces:
+        for span in fmt.items(trace.get("spans")):
+            if not isinstance(span, dict):
+                continue
+            span_id = str(span.get("span_id"))
+            messages, chunks = extra.get(span_id, ([], []))
+            counts[span_id] = (
+                len(fmt.items(span.get("messages"))) or len(messages),
+                len(fmt.items(span.get("chunks"))) or len(chunks),
+            )
+    return counts
+
+
+class CaseScreen(Screen, inherit_bindings=False):
     """Loads `/api/cases/{id}` when shown, on `r`, and when the case list says it changed."""
 
+    help_title = "Case screen"
+
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "back", "Back", id="case.back"),
-        Binding("r", "refresh", "Refresh", id="case.refresh"),
-        Binding("tab", "app.focus_next", "Switch pane", id="case.next_pane"),
+        Binding("escape", "back", "Back", tooltip="Back to the overview", id="case.back"),
+        Binding("r", "refresh", "Refresh", tooltip="Load the case again", id="case.refresh"),
         Binding(
-            "shift+tab", "app.focus_previous", "Switch back", show=False, id="case.prev_pane"
+            "tab",
+            "app.focus_next",
+            "Switch pane",
+            tooltip="Next pane: signals, span tree, span detail",
+            id="case.next_pane",
+        ),
+        Binding(
+            "shift+tab",
+            "app.focus_previous",
+            "Switch back",
+            tooltip="Previous pane",
+            show=False,
+            id="case.prev_pane",
         ),
     ]
 
@@ -52,22 +105,31 @@ class CaseScreen(Screen):
         self.case_id = case_id
         self.client = client
         self.case: dict[str, Any] | None = None
+        self.traces: list[dict[str, Any]] = []
+        self._content: Content = {}
 
     def compose(self) -> ComposeResult:
         yield StatusBar(f"Prove AI · {self.case_id}", id="status")
-        with VerticalScroll(id="case-body"):
-            yield CaseHeader(f"loading {self.case_id} …", id="case-header")
-            yield SignalList("", id="signals")
+        yield CaseHeader(f"loading {self.case_id} …", id="case-header")
+        with ScrollPane(id="signals", help_title="Signals"):
+            yield SignalList("", id="signal-list")
         heading = QuietStatic("", id="traces-heading")
         heading.display = False
         yield heading
-        yield SpanTree(id="spans")
-        yield SpanDetail("", id="span-detail")
+        with Container(id="case-traces"):
+            yield SpanTree(id="spans")
+            yield SpanDetail(id="span-detail")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one(SpanTree).focus()
+        self.watch(self, "focused", self._focus_moved)
         self.load()
+
+    def _focus_moved(self, focused: Widget | None) -> None:
+        """Mark which pane has focus, so that the stylesheet can give it the room."""
+        for pane, css_class in FOCUS_CLASSES.items():
+            self.set_class(focused is not None and focused.id == pane, css_class)
 
     def action_back(self) -> None:
         self.dismiss()
@@ -101,13 +163,20 @@ class CaseScreen(Screen):
 
     def _show(self, case: dict[str, Any], traces: list[dict[str, Any]]) -> None:
         self.case = case
+        self.traces = traces
+        self._content = snapshot_content(case)
         self.query_one(CaseHeader).show_case(case)
         signals = [s for s in case.get("signals") or [] if isinstance(s, dict)]
         self.query_one(SignalList).show_signals(signals)
         heading = self.query_one("#traces-heading", QuietStatic)
         heading.show("" if traces else NO_TRACES)
         heading.display = not traces
-        self.query_one(SpanTree).show_traces(traces)
+        tree = self.query_one(SpanTree)
+        tree.show_traces(traces)
+        if not traces:
+            self.query_one(SpanDetail).show_snapshot(fmt.mapping(case.get("context_snapshot")))
+        elif tree.cursor_node is not None:
+            self._show_node(tree.cursor_node)
 
     async def _fetch_traces(self, case: dict[str, Any]) -> list[dict[str, Any]]:
         """Whole traces from the snapshot; bare ids are fetched from `/api/traces/{id}`."""
@@ -133,4 +202,19 @@ class CaseScreen(Screen):
             self.notify(f"could not reload {self.case_id}: {message}", severity="error")
 
     def on_tree_node_highlighted(self, event: Tree.NodeHighlighted) -> None:
-        self.query_one(SpanDetail).show_span(event.node.data)
+        self._show_node(event.node)
+
+    def _show_node(self, node: TreeNode[dict]) -> None:
+        """Show the span under the cursor, or for a trace node where its content is."""
+        detail = self.query_one(SpanDetail)
+        span = node.data
+        if span is not None:
+            messages, chunks = self._content.get(str(span.get("span_id")), ([], []))
+            detail.show_span(span, messages, chunks)
+            return
+        trace_nodes = list(self.query_one(SpanTree).root.children)
+        if node in trace_nodes and trace_nodes.index(node) < len(self.traces):
+            trace = self.traces[trace_nodes.index(node)]
+            detail.show_trace(trace, content_counts([trace], self._content))
+            return
+        detail.show_span(None)

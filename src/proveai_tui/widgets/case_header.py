@@ -1,4 +1,4 @@
-"""The head of a case: title, state, severity, trigger, class, service and when it opened."""
+"""The head of a case: title, state, severity, trigger, class, service, opened, scores."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from rich.text import Text
 
 from proveai_tui import format as fmt
 from proveai_tui import palette
+from proveai_tui.render import Pairs
 from proveai_tui.widgets.quiet_static import QuietStatic
 
 LABEL_WIDTH = 8
@@ -58,6 +59,13 @@ def header_view(case: dict[str, Any], now: datetime | None = None) -> tuple[Grou
     lines = [title.plain] + [f"{label} {value}" for label, value, _ in parts]
 
     renderables: list[Any] = [title, facts]
+    scores = fmt.mapping(fmt.mapping(case.get("context_snapshot")).get("eval_scores"))
+    if scores:
+        written = Pairs((str(name), fmt.number(value)) for name, value in scores.items())
+        row = _grid(2)
+        row.add_row("scores", written)
+        renderables.append(row)
+        lines.append(f"scores {written.plain}")
     hypotheses = [h for h in case.get("hypotheses") or [] if isinstance(h, dict)]
     if hypotheses:
         best = max(

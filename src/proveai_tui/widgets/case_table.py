@@ -9,6 +9,7 @@ from rich.text import Text
 from textual.binding import Binding, BindingType
 from textual.coordinate import Coordinate
 from textual.events import Resize
+from textual.message import Message
 from textual.widgets import DataTable
 
 from proveai_tui import format as fmt
@@ -24,9 +25,24 @@ HEADERS = {
     "title": "title",
 }
 BASE_COLUMNS = ("id", "severity", "state", "class", "service", "age")
-SHRINKABLE = ("service", "class")
+SHORT = {
+    "class": {
+        "HALLUCINATION": "HALLUCIN",
+        "RETRIEVAL_DRIFT": "RETR_DRIFT",
+        "COHERENCE_DEGRADATION": "COHER_DEGR",
+        "AGENT_LOOP": "AGENT_LOOP",
+        "LATENCY_REGRESS": "LAT_REGR",
+        "CONTEXT_OVERFLOW": "CTX_OVERFL",
+        "PROMPT_REGRESSION": "PROMPT_REG",
+        "TOKEN_EXPLOSION": "TOKEN_EXPL",
+        "ERROR_SPIKE": "ERR_SPIKE",
+    },
+    "state": {"INVESTIGATING": "INVESTIG", "REMEDIATION_SUGGESTED": "SUGGESTED"},
+}
+"""Short forms, in the order they are taken when the columns do not fit."""
+SHRINKABLE = ("service", "class", "state")
 MIN_SHRUNK = 8
-MIN_TITLE = 12
+MIN_TITLE = 24
 CELL_PADDING = 1
 
 
@@ -43,34 +59,68 @@ def case_cells(case: dict[str, Any], now: datetime) -> dict[str, str]:
     }
 
 
-def fit_columns(rows: list[dict[str, str]], width: int) -> dict[str, int]:
-    """Column widths that fit `width` cells: service and class give way, title takes the rest.
+def _natural(rows: list[dict[str, str]], key: str) -> int:
+    return max([len(HEADERS[key])] + [len(row[key]) for row in rows])
 
-    Returns the columns to show, in order, with the width of each.
+
+def fit_columns(
+    rows: list[dict[str, str]], width: int
+) -> tuple[list[dict[str, str]], dict[str, int]]:
+    """The rows and column widths that fit `width` cells, every base column kept.
+
+    Class, then state, take their short forms; then service, class and state are cut with
+    "…" down to 8 cells, widest first. The title comes last, only where it has room to be
+    read; the case screen always shows it.
+
+    Returns:
+        the rows as they are to be written, and the columns to show, in order, with widths.
     """
-    natural = {
-        key: max([len(HEADERS[key])] + [len(row[key]) for row in rows]) for key in HEADERS
-    }
-    widths = {key: natural[key] for key in BASE_COLUMNS}
     pad = 2 * CELL_PADDING
-    over = sum(widths.values()) + pad * len(widths) - width
+    fitted = [dict(row) for row in rows]
 
-    while over > 0:
+    def over() -> int:
+        return sum(_natural(fitted, k) for k in BASE_COLUMNS) + pad * len(BASE_COLUMNS) - width
+
+    for key, short in SHORT.items():
+        if over() <= 0:
+            break
+        for row in fitted:
+            row[key] = short.get(row[key], row[key])
+
+    widths = {key: _natural(fitted, key) for key in BASE_COLUMNS}
+    excess = over()
+    while excess > 0:
         candidates = [key for key in SHRINKABLE if widths[key] > MIN_SHRUNK]
         if not candidates:
             break
         widest = max(candidates, key=lambda key: widths[key])
         widths[widest] -= 1
-        over -= 1
+        excess -= 1
 
-    spare = -over - pad
-    if spare >= MIN_TITLE and natural["title"] > len(HEADERS["title"]):
-        widths["title"] = min(natural["title"], spare)
-    return widths
+    spare = -excess - pad
+    title = _natural(fitted, "title")
+    if title > len(HEADERS["title"]) and spare >= min(title, MIN_TITLE):
+        widths["title"] = min(title, spare)
+    return fitted, widths
 
 
-class CaseTable(DataTable):
+class CaseTable(DataTable, inherit_bindings=False):
     """Open cases, one per row, keyed by case id; Enter asks to open the highlighted one."""
+
+    help_title = "Open cases"
+
+    class Highlighted(Message):
+        """The highlighted case changed, or whether its title has a column.
+
+        Args:
+            case: the highlighted case summary, None when the list is empty.
+            title_shown: True when the title column is on screen.
+        """
+
+        def __init__(self, case: dict[str, Any] | None, title_shown: bool) -> None:
+            super().__init__()
+            self.case = case
+            self.title_shown = title_shown
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "select_cursor", "Open case", id="cases.open"),
@@ -88,6 +138,12 @@ class CaseTable(DataTable):
         )
         self._cases: list[dict[str, Any]] = []
         self._drawn: tuple | None = None
+        self._told: tuple | None = None
+
+    @property
+    def title_shown(self) -> bool:
+        """True when the title has a column at the present width."""
+        return "title" in self.columns
 
     @property
     def case_ids(self) -> list[str]:
@@ -117,13 +173,14 @@ class CaseTable(DataTable):
         now = datetime.now(UTC)
         rows = [case_cells(case, now) for case in self._cases]
         width = max(self.size.width - 1, 40)
-        widths = fit_columns(rows, width)
+        rows, widths = fit_columns(rows, width)
         drawn = (
             tuple(widths.items()),
             tuple(tuple(row[key] for key in widths) for row in rows),
             tuple(case.get("id") for case in self._cases),
         )
         if drawn == self._drawn:
+            self._tell()
             return
         self._drawn = drawn
 
@@ -135,6 +192,19 @@ class CaseTable(DataTable):
             self.add_row(*self._cells(row, widths), key=str(case.get("id")))
         if keep in self.case_ids:
             self.move_cursor(row=self.case_ids.index(keep), animate=False)
+        self._tell()
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._tell()
+
+    def _tell(self) -> None:
+        """Post Highlighted when the highlighted case or the title column changed."""
+        case_id = self.highlighted_case
+        case = next((c for c in self._cases if str(c.get("id")) == case_id), None)
+        told = (case_id, case.get("title") if case else None, self.title_shown)
+        if told != self._told:
+            self._told = told
+            self.post_message(self.Highlighted(case, self.title_shown))
 
     @staticmethod
     def _cells(row: dict[str, str], widths: dict[str, int]) -> list[Text]:

@@ -11,6 +11,9 @@ from proveai_tui import format as fmt
 from proveai_tui.widgets.metric import Metric
 from proveai_tui.widgets.spark import Spark, series_values
 
+PANEL_HEIGHT = 4
+"""Rows of one panel, borders included; the stylesheet gives panels this height."""
+
 
 def case_note(cases: list[dict[str, Any]]) -> str:
     """The panel's subtitle: the service's most severe open case, or how many there are."""

@@ -10,6 +10,7 @@ from rich.text import Text
 
 from proveai_tui import format as fmt
 from proveai_tui import palette
+from proveai_tui.render import Pairs
 from proveai_tui.widgets.quiet_static import QuietStatic
 
 INDENT = 4
@@ -61,8 +62,8 @@ def traffic_text(traffic: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def evidence_numbers(evidence: dict[str, Any]) -> str:
-    """The numbers that matter, as one line of `label value` pairs.
+def evidence_numbers(evidence: dict[str, Any]) -> Pairs:
+    """The numbers that matter, as `label value` pairs that wrap between pairs.
 
     Nested values are never written out; plain values the console does not know are added
     after the known ones as `key value`.
@@ -80,7 +81,7 @@ def evidence_numbers(evidence: dict[str, Any]) -> str:
         if key in LEFT_OUT or key in NAMED or isinstance(value, dict | list):
             continue
         pairs.append((key, fmt.number(value)))
-    return " · ".join(f"{label} {value}" for label, value in pairs)
+    return Pairs(pairs)
 
 
 def evidence_query(evidence: dict[str, Any]) -> str:
@@ -119,9 +120,9 @@ def signals_view(signals: list[dict[str, Any]]) -> tuple[Group, str]:
         lines += [head.plain, summary.plain]
         evidence = fmt.mapping(signal.get("evidence"))
         numbers, query = evidence_numbers(evidence), evidence_query(evidence)
-        if numbers:
-            parts.append(Padding(Text(numbers, style="dim"), (0, 0, 0, INDENT)))
-            lines.append(numbers)
+        if numbers.pairs:
+            parts.append(Padding(numbers, (0, 0, 0, INDENT)))
+            lines.append(numbers.plain)
         if query:
             cut = Text(query, style="dim", no_wrap=True, overflow="ellipsis")
             parts.append(Padding(cut, (0, 0, 0, INDENT)))

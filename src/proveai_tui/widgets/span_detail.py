@@ -6,18 +6,16 @@ Only what the agent sent is shown: a field the span did not carry is left out, n
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from typing import Any
 
-from rich.console import Console, ConsoleOptions, Group, RenderResult
-from rich.containers import Lines
-from rich.measure import Measurement
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 
 from proveai_tui import format as fmt
 from proveai_tui import palette
+from proveai_tui.render import Clipped, Pairs
 from proveai_tui.widgets.quiet_static import QuietStatic
 from proveai_tui.widgets.scroll_pane import ScrollPane
 from proveai_tui.widgets.span_tree import span_model
@@ -25,28 +23,6 @@ from proveai_tui.widgets.span_tree import span_model
 MESSAGE_LINES = 4
 """A message shows at most this many lines, wrapped to the pane's width."""
 NO_SPAN = "move to a span to see its details"
-
-
-class Clipped:
-    """Text wrapped to the width it is given and cut after `lines` lines, marked with "…"."""
-
-    def __init__(self, text: Text, lines: int) -> None:
-        self.text = text
-        self.lines = lines
-
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        width = options.max_width
-        wrapped = list(self.text.wrap(console, width, overflow="fold"))
-        if len(wrapped) > self.lines:
-            wrapped = wrapped[: self.lines]
-            last = wrapped[-1]
-            last.rstrip()
-            last.truncate(width - 1)
-            last.append("…")
-        yield Lines(wrapped)
-
-    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
-        return Measurement.get(console, options, self.text)
 
 
 def part_text(part: Any) -> str:
@@ -150,22 +126,11 @@ def span_facts(span: dict[str, Any]) -> list[tuple[str, str]]:
     return [(label, str(value)) for label, value in facts if value]
 
 
-def labelled(pairs: Iterable[tuple[str, str]]) -> Text:
-    """`label value · label value`, labels dim; wraps between pairs rather than cut one."""
-    text = Text()
-    for index, (label, value) in enumerate(pairs):
-        if index:
-            text.append(" · ", style="dim")
-        text.append(f"{label} ", style="dim")
-        text.append(value)
-    return text
-
-
-def scores_text(scores: dict[str, Any]) -> Text:
+def scores_pairs(scores: dict[str, Any]) -> Pairs:
     """Every score with its value, e.g. `scores relevance 0.963 · groundedness 0.86`."""
-    text = Text("scores ", style="dim")
-    text.append_text(labelled((str(name), fmt.number(v)) for name, v in scores.items()))
-    return text
+    pairs = [(str(name), fmt.number(value)) for name, value in scores.items()]
+    first, *rest = pairs
+    return Pairs([(f"scores {first[0]}", first[1]), *rest])
 
 
 def content_views(
@@ -194,12 +159,12 @@ def detail_view(
 ) -> tuple[Group, str]:
     """A span in full; `messages` and `chunks` stand in for the span's own when it has none."""
     head = span_head(span)
-    facts = labelled(span_facts(span))
+    facts = Pairs(span_facts(span))
     parts: list[Any] = [head, facts]
     plain = [head.plain, facts.plain]
     scores = fmt.mapping(span.get("scores"))
     if scores:
-        line = scores_text(scores)
+        line = scores_pairs(scores)
         parts.append(line)
         plain.append(line.plain)
     own_messages = [m for m in fmt.items(span.get("messages")) if isinstance(m, dict)]
@@ -208,13 +173,12 @@ def detail_view(
     return Group(*parts, *more), "\n".join(plain + lines)
 
 
-def trace_view(trace: dict[str, Any], content: dict[str, tuple[int, int]]) -> tuple[Text, str]:
+def trace_view(trace: dict[str, Any], content: dict[str, tuple[int, int]]) -> tuple[Group, str]:
     """A trace node: which of its spans carry messages or chunks, to move to."""
-    text = Text()
-    text.append(f"trace {trace.get('trace_id') or fmt.DASH}", style="bold")
+    head = Text(f"trace {trace.get('trace_id') or fmt.DASH}", style="bold")
     if trace.get("error"):
-        text.append(f"\ncould not load: {trace['error']}", style=palette.ALARM)
-        return text, text.plain
+        failed = Text(f"could not load: {trace['error']}", style=palette.ALARM)
+        return Group(head, failed), f"{head.plain}\n{failed.plain}"
     carriers = []
     for span in fmt.items(trace.get("spans")):
         if not isinstance(span, dict):
@@ -223,13 +187,13 @@ def trace_view(trace: dict[str, Any], content: dict[str, tuple[int, int]]) -> tu
         what = [f"{messages} messages"] if messages else []
         what += [f"{chunks} chunks"] if chunks else []
         if what:
-            carriers.append(f"{span.get('name') or fmt.DASH} ({', '.join(what)})")
-    if carriers:
-        text.append("\nmessages and retrieved chunks are on: ", style="dim")
-        text.append(" · ".join(carriers))
-    else:
-        text.append("\nno span of this trace carried messages or retrieved chunks", style="dim")
-    return text, text.plain
+            carriers.append(("", f"{span.get('name') or fmt.DASH} ({', '.join(what)})"))
+    if not carriers:
+        none = Text("no span of this trace carried messages or retrieved chunks", style="dim")
+        return Group(head, none), f"{head.plain}\n{none.plain}"
+    where = Text("messages and retrieved chunks are on these spans:", style="dim")
+    spans = Pairs(carriers)
+    return Group(head, where, spans), f"{head.plain}\n{where.plain}\n{spans.plain}"
 
 
 def snapshot_view(snapshot: dict[str, Any]) -> tuple[Group, str]:
@@ -245,7 +209,7 @@ def snapshot_view(snapshot: dict[str, Any]) -> tuple[Group, str]:
     parts: list[Any] = [head]
     plain = [head.plain]
     if scores:
-        line = scores_text(scores)
+        line = scores_pairs(scores)
         parts.append(line)
         plain.append(line.plain)
     more, lines = content_views(messages, chunks)

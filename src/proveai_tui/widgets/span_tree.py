@@ -68,16 +68,22 @@ def trace_label(trace: dict[str, Any]) -> Text:
     return text
 
 
-class SpanTree(Tree[dict]):
+class SpanTree(Tree[dict], inherit_bindings=False):
     """Traces under a hidden root; each node's data is its span (None for a trace node)."""
+
+    help_title = "Span tree"
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("down,j", "cursor_down", "Next span", show=False, id="spans.down"),
         Binding("up,k", "cursor_up", "Previous span", show=False, id="spans.up"),
-        Binding("enter,space", "toggle_node", "Fold", id="spans.fold"),
+        Binding(
+            "enter,space", "toggle_node", "Fold", tooltip="Fold or unfold", id="spans.fold"
+        ),
         Binding("left,h", "cursor_parent", "Parent span", show=False, id="spans.parent"),
         Binding("pagedown", "page_down", "Page down", show=False, id="spans.page_down"),
         Binding("pageup", "page_up", "Page up", show=False, id="spans.page_up"),
+        Binding("home,g", "scroll_home", "First span", show=False, id="spans.first"),
+        Binding("end,G", "scroll_end", "Last span", show=False, id="spans.last"),
     ]
 
     def __init__(self, **kwargs) -> None:
