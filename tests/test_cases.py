@@ -27,7 +27,7 @@ def signal(
         span_name=span_name,
         at=at,
         severity=severity,
-        summary=f"{kind} on {service}",
+        summary=f"{kind} on {service} at {at:.0f}",
         evidence={"current": 6.1, "baseline_median": 0.8},
     )
 
@@ -80,6 +80,9 @@ async def test_signals_of_one_service_within_the_window_join_its_case(agent):
         ("error_spike", 1),
     ]
     assert again["severity"] == "critical"
+    # A repeated finding carries its latest numbers, in its summary too.
+    assert again["signals"][0]["summary"] == "latency_regression on rag-api at 1800000700"
+    assert again["signals"][0]["first_seen"] == "2027-01-15T08:00:00.000Z"
 
 
 async def test_a_signal_after_the_window_or_for_another_service_opens_a_new_case(agent):

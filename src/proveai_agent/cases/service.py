@@ -141,6 +141,8 @@ class CaseService:
                 existing["last_seen"] = at
                 existing["count"] = existing.get("count", 1) + 1
                 existing["evidence"] = signal.evidence
+                existing["summary"] = signal.summary
+                existing["severity"] = signal.severity
                 break
         else:
             doc["signals"].append(
