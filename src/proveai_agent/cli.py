@@ -29,7 +29,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .simulate import runner
-    from .stack import render
+    from .stack import check, render
 
     parser = argparse.ArgumentParser(prog="proveai-agent", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     stack_commands = stack.add_subparsers(dest="stack_command", required=True)
     render_parser = stack_commands.add_parser("render", help="turn stack/.env into envoy.yaml")
     render.add_arguments(render_parser)
+    check_parser = stack_commands.add_parser(
+        "check", help="probe the stack: live profile, what is missing, time to first metric"
+    )
+    check.add_arguments(check_parser)
     return parser
 
 
@@ -81,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return runner.run(args)
     if args.command == "stack":
-        from .stack import render
+        from .stack import check, render
 
+        if args.stack_command == "check":
+            return check.run(args)
         return render.run(args)
     if args.command == "demo":
         from .demo import run_demo
