@@ -91,7 +91,9 @@ def measure(
             present.append(p)
         if v is not None:
             counted.append(v)
-        time.sleep(1.7)  # land the next span at another point of the scrape cycle
+        # Waiting for the count ends just after a scrape: land the next span at an evenly
+        # spread point of the scrape cycle instead, so the runs sample the whole cycle.
+        time.sleep(interval * ((run + 1) / runs))
     return present, counted
 
 
