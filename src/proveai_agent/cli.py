@@ -1,4 +1,4 @@
-"""The `proveai-agent` command line: serve, demo, simulate and stack."""
+"""The `proveai-agent` command line: serve, demo, simulate, stack and bundle."""
 
 from __future__ import annotations
 
@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="probe the stack: live profile, what is missing, time to first metric"
     )
     check.add_arguments(check_parser)
+
+    from . import bundle
+
+    bundle_parser = commands.add_parser(
+        "bundle", help="one archive with everything an offline site installs from"
+    )
+    bundle.add_arguments(bundle_parser)
     return parser
 
 
@@ -90,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.stack_command == "check":
             return check.run(args)
         return render.run(args)
+    if args.command == "bundle":
+        from . import bundle
+
+        return bundle.run(args)
     if args.command == "demo":
         from .demo import run_demo
 
