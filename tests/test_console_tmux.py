@@ -6,7 +6,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from proveai_agent.stack.native import free_port
 
 HERE = Path(__file__).parent
 FAKE_AGENT = HERE / "console_fixtures" / "fake_agent.py"
@@ -25,12 +26,6 @@ pytestmark = [
     pytest.mark.console,
     pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def console_command() -> list[str]:

@@ -14,12 +14,13 @@ import asyncio
 import copy
 import json
 import re
-import socket
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+from proveai_agent.stack.native import free_port
 
 HERE = Path(__file__).parent
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
@@ -28,12 +29,6 @@ FIXTURE_NOW = datetime(2025, 6, 2, 9, 30, 0, tzinfo=UTC)
 
 def load(name: str) -> Any:
     return json.loads((HERE / name).read_text())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def shift_times(payload: Any, by_s: float) -> Any:

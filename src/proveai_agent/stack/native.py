@@ -40,11 +40,23 @@ class MissingBinary(StackError):
     """A back-end's binary is neither on PATH nor named by its environment variable."""
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now.
+
+    Never the same port twice in one process: ports are chosen before the processes that
+    bind them start, and the system may offer a port again once its probe socket closed.
+    """
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise StackError("no free port on 127.0.0.1")
 
 
 def find_binary(name: str, env: str, package: str) -> str:
