@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -61,6 +60,7 @@ from proveai_tui.widgets.signal_list import SignalList
 from proveai_tui.widgets.source_health import SourceHealth
 from proveai_tui.widgets.span_detail import SpanDetail
 from proveai_tui.widgets.span_tree import SpanTree
+from tmuxfix import Pane, console_command
 
 pytestmark = [pytest.mark.console, pytest.mark.integration]
 
@@ -528,58 +528,6 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"the agent did not start:\n{log.read_text()}") from error
             time.sleep(0.1)
-
-
-class Pane:
-    """A terminal of 80×24 in a tmux server of its own, so no other session is touched."""
-
-    def __init__(self, socket_name: str) -> None:
-        self.socket = socket_name
-
-    def tmux(self, *args: str) -> str:
-        done = subprocess.run(
-            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=10
-        )
-        return done.stdout
-
-    def start(self, command: list[str], env: dict[str, str]) -> None:
-        # COLUMNS and LINES from the test runner would override the pane's own size.
-        unset = ["-u", "COLUMNS", "-u", "LINES"]
-        line = shlex.join(["env", *unset, *(f"{k}={v}" for k, v in env.items()), *command])
-        self.tmux("new-session", "-d", "-s", "console", "-x", "80", "-y", "24", line)
-        self.tmux("set-option", "-t", "console", "remain-on-exit", "on")
-
-    def text(self) -> str:
-        return self.tmux("capture-pane", "-p", "-t", "console")
-
-    def keys(self, *keys: str) -> None:
-        self.tmux("send-keys", "-t", "console", *keys)
-
-    def dead(self) -> bool:
-        return self.tmux("list-panes", "-t", "console", "-F", "#{pane_dead}").strip() == "1"
-
-    def wait(self, condition: Callable[[str], bool], what: str, timeout_s: float = 20) -> str:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            text = self.text()
-            if condition(text):
-                return text
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; the pane shows:\n{text}")
-            time.sleep(0.2)
-
-    def kill(self) -> None:
-        subprocess.run(
-            ["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=10
-        )
-
-
-def console_command() -> list[str]:
-    """The installed console script next to this Python, else the module."""
-    script = Path(sys.executable).parent / "proveai-console"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "proveai_tui.app"]
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
