@@ -21,6 +21,7 @@ and every fixture stops what it started.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from proveai_agent.stack.native import MissingBinary, Prometheus, VictoriaMetrics, find_binary
 from proveai_agent.watch.promql import MetricsSource
@@ -227,3 +229,31 @@ def prometheus_factory(tmp_path: Path) -> Iterator[Callable[..., PrometheusHandl
     yield start
     for process in reversed(started):
         process.stop()
+
+
+def promql(base: str, query: str, at: float | None = None) -> list[dict[str, Any]]:
+    """An instant query against Prometheus or VictoriaMetrics (nocache for the latter)."""
+    params: dict[str, str] = {"query": query, "nocache": "1"}
+    if at is not None:
+        params["time"] = f"{at:.3f}"
+    response = requests.get(f"{base}/api/v1/query", params=params, timeout=5)
+    response.raise_for_status()
+    return response.json()["data"]["result"]
+
+
+def promql_scalar(base: str, query: str, at: float | None = None) -> float | None:
+    """The first sample's value of an instant query, or None when it returned nothing."""
+    result = promql(base, query, at)
+    return float(result[0]["value"][1]) if result else None
+
+
+async def wait_promql(base: str, query: str, expected: float, timeout_s: float = 30) -> float:
+    """Poll an instant query until it equals `expected` (to 1e-9), without blocking the loop."""
+    deadline = time.monotonic() + timeout_s
+    value = None
+    while time.monotonic() < deadline:
+        value = await asyncio.to_thread(promql_scalar, base, query)
+        if value is not None and abs(value - expected) < 1e-9:
+            return value
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{query} on {base} stayed {value}, expected {expected}")

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -27,6 +26,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from agentfix import OPERATOR_KEY
 from proveai_agent.stack.native import NativeStack
+from stackfix import promql, promql_scalar, wait_promql
 
 pytestmark = [
     pytest.mark.integration,
@@ -77,31 +77,6 @@ def send(
     provider.shutdown()
 
 
-def query(base: str, promql: str, at: float | None = None) -> list[dict]:
-    params = {"query": promql}
-    if at is not None:
-        params["time"] = f"{at:.3f}"
-    response = requests.get(f"{base}/api/v1/query", params=params, timeout=5)
-    response.raise_for_status()
-    return response.json()["data"]["result"]
-
-
-def scalar(base: str, promql: str, at: float | None = None) -> float | None:
-    result = query(base, promql, at)
-    return float(result[0]["value"][1]) if result else None
-
-
-async def wait_for(base: str, promql: str, expected: float, timeout_s: float = 30) -> float:
-    deadline = time.monotonic() + timeout_s
-    value = None
-    while time.monotonic() < deadline:
-        value = await asyncio.to_thread(scalar, base, promql)
-        if value is not None and abs(value - expected) < 1e-9:
-            return value
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"{promql} on {base} stayed {value}, expected {expected}")
-
-
 @pytest.fixture
 async def chain(agent_factory, tmp_path: Path):
     agent = await agent_factory()
@@ -129,20 +104,20 @@ async def test_sdk_spans_become_rate_and_p95_in_prometheus_and_victoriametrics(c
     total = f'sum({CALLS}{{service_name="{SERVICE}"}})'
 
     await asyncio.to_thread(send, agent.url, [0.2] * 20 + [0.7] * 10 + [3.0] * 10, 101)
-    await wait_for(prom, total, 40)
+    await wait_promql(prom, total, 40)
     p95 = f'histogram_quantile(0.95, sum by (le) ({BUCKET}{{service_name="{SERVICE}"}}))'
-    assert await asyncio.to_thread(scalar, prom, p95) == pytest.approx(4.2)
+    assert await asyncio.to_thread(promql_scalar, prom, p95) == pytest.approx(4.2)
 
     # A second process of the same service (another pid) adds to the same series.
     await asyncio.to_thread(send, agent.url, [0.2] * 30 + [0.7] * 15 + [3.0] * 15, 202)
-    await wait_for(prom, total, 100)
-    assert await asyncio.to_thread(scalar, prom, p95) == pytest.approx(4.2)
-    series = await asyncio.to_thread(query, prom, f'{CALLS}{{service_name="{SERVICE}"}}')
+    await wait_promql(prom, total, 100)
+    assert await asyncio.to_thread(promql_scalar, prom, p95) == pytest.approx(4.2)
+    series = await asyncio.to_thread(promql, prom, f'{CALLS}{{service_name="{SERVICE}"}}')
     assert len(series) == 2  # the OK-or-unset series and its error sibling, not one per pid
 
     # Request rate between the two scrapes around batch B, from the raw samples' times:
     # irate is (100 - 40) / (t_after - t_before) with no extrapolation.
-    samples = await asyncio.to_thread(query, prom, f"{total.removeprefix('sum(')[:-1]}[30s]")
+    samples = await asyncio.to_thread(promql, prom, f"{total.removeprefix('sum(')[:-1]}[30s]")
     ok = next(s for s in samples if s["metric"]["status_code"] != "STATUS_CODE_ERROR")
     raw = ok["values"]
     points = [(float(t), float(v)) for t, v in raw]
@@ -150,11 +125,13 @@ async def test_sdk_spans_become_rate_and_p95_in_prometheus_and_victoriametrics(c
     after = min(t for t, v in points if v == 100)
     expected_rps = (100 - 40) / (after - before)
     irate = f'sum(irate({CALLS}{{service_name="{SERVICE}"}}[5s]))'
-    assert await asyncio.to_thread(scalar, prom, irate, after) == pytest.approx(expected_rps)
+    assert await asyncio.to_thread(promql_scalar, prom, irate, after) == pytest.approx(
+        expected_rps
+    )
 
     # The same series reached VictoriaMetrics through remote_write.
-    await wait_for(vm, total, 100)
-    assert await asyncio.to_thread(scalar, vm, p95) == pytest.approx(4.2)
+    await wait_promql(vm, total, 100)
+    assert await asyncio.to_thread(promql_scalar, vm, p95) == pytest.approx(4.2)
 
 
 async def test_first_errors_of_a_new_series_are_counted_by_increase(chain):
@@ -164,11 +141,11 @@ async def test_first_errors_of_a_new_series_are_counted_by_increase(chain):
     await asyncio.to_thread(send, agent.url, [0.3] * 5, 303, name="rerank", error=True)
     labels = f'service_name="{SERVICE}",span_name="rerank",status_code="STATUS_CODE_ERROR"'
     selector = f"{CALLS}{{{labels}}}"
-    await wait_for(prom, f"sum({selector})", 5)
-    raw = (await asyncio.to_thread(query, prom, f"{selector}[1m]"))[0]["values"]
+    await wait_promql(prom, f"sum({selector})", 5)
+    raw = (await asyncio.to_thread(promql, prom, f"{selector}[1m]"))[0]["values"]
     assert float(raw[0][1]) == 0.0  # the series was first scraped at zero
     # increase() over a window holding every sample counts the five errors.
     increase = f"sum(increase({selector}[1m]))"
-    assert await asyncio.to_thread(scalar, prom, increase) >= 5
-    await wait_for(vm, f"sum({selector})", 5)
-    assert await asyncio.to_thread(scalar, vm, increase) >= 5
+    assert await asyncio.to_thread(promql_scalar, prom, increase) >= 5
+    await wait_promql(vm, f"sum({selector})", 5)
+    assert await asyncio.to_thread(promql_scalar, vm, increase) >= 5

@@ -39,7 +39,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-import requests
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -60,6 +59,7 @@ from proveai_agent.stack.native import (
 from proveai_agent.watch import schemes
 from proveai_agent.watch.overview import overview
 from proveai_agent.watch.promql import MetricsSource
+from stackfix import promql, promql_scalar, wait_promql
 
 pytestmark = pytest.mark.integration
 
@@ -168,31 +168,6 @@ def refused_export() -> bytes:
     return request.SerializeToString()
 
 
-def query(base: str, promql: str, at: float | None = None) -> list[dict[str, Any]]:
-    params: dict[str, str] = {"query": promql, "nocache": "1"}
-    if at is not None:
-        params["time"] = f"{at:.3f}"
-    response = requests.get(f"{base}/api/v1/query", params=params, timeout=5)
-    response.raise_for_status()
-    return response.json()["data"]["result"]
-
-
-def scalar(base: str, promql: str, at: float | None = None) -> float | None:
-    result = query(base, promql, at)
-    return float(result[0]["value"][1]) if result else None
-
-
-async def wait_for(base: str, promql: str, expected: float, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    value = None
-    while time.monotonic() < deadline:
-        value = await asyncio.to_thread(scalar, base, promql)
-        if value == expected:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{promql} on {base} stayed {value}, expected {expected}")
-
-
 async def stored_spans(http: aiohttp.ClientSession, agent: Any, trace_id: str) -> list[dict]:
     async with http.get(
         f"{agent.url}/api/traces/{trace_id}", headers={"X-API-Key": OPERATOR_KEY}
@@ -244,20 +219,20 @@ async def test_spans_through_envoy_and_the_collector_become_metrics_and_stored_t
     p95 = f'histogram_quantile(0.95, sum by (le) ({BUCKET}{{service_name="{SERVICE}"}}))'
 
     sent = await asyncio.to_thread(send, otlp, BATCH_A)
-    await wait_for(prom, total, 10)
+    await wait_promql(prom, total, 10)
     sent += await asyncio.to_thread(send, otlp, BATCH_B)
-    await wait_for(prom, total, 30)
+    await wait_promql(prom, total, 30)
 
     # Counted once, by the collector: the agent's /metrics, also scraped, adds nothing.
     by_job = await asyncio.to_thread(
-        query, prom, f'sum by (job) ({CALLS}{{service_name="{SERVICE}"}})'
+        promql, prom, f'sum by (job) ({CALLS}{{service_name="{SERVICE}"}})'
     )
     assert [(s["metric"]["job"], s["value"][1]) for s in by_job] == [("extra", "30")]
-    assert await asyncio.to_thread(scalar, prom, p95) == pytest.approx(3.0)
+    assert await asyncio.to_thread(promql_scalar, prom, p95) == pytest.approx(3.0)
 
     # The same numbers reached VictoriaMetrics through remote_write.
-    await wait_for(vm, total, 30)
-    assert await asyncio.to_thread(scalar, vm, p95) == pytest.approx(3.0)
+    await wait_promql(vm, total, 30)
+    assert await asyncio.to_thread(promql_scalar, vm, p95) == pytest.approx(3.0)
 
     # The agent stored every span, exactly as sent.
     await wait_stored(http, agent, sent)
@@ -282,7 +257,7 @@ async def test_spans_through_envoy_and_the_collector_become_metrics_and_stored_t
     assert doc["spanmetrics"] == "llm_traces_span_metrics"
     (service,) = [s for s in doc["services"] if s["service"] == SERVICE]
 
-    raw = await asyncio.to_thread(query, prom, f'{CALLS}{{service_name="{SERVICE}"}}[1m]', now)
+    raw = await asyncio.to_thread(promql, prom, f'{CALLS}{{service_name="{SERVICE}"}}[1m]', now)
     (series,) = raw
     points = [(round(float(t) * 1000), float(v)) for t, v in series["values"]]
     assert points[0][1] in (0.0, 10.0)
@@ -301,7 +276,7 @@ async def test_without_a_key_envoy_answers_401_and_nothing_is_stored_or_counted(
     total = f'sum({CALLS}{{service_name="{SERVICE}"}})'
 
     sent = await asyncio.to_thread(send, otlp, BATCH_A)
-    await wait_for(prom, total, 10)
+    await wait_promql(prom, total, 10)
 
     body = refused_export()
     protobuf = {"Content-Type": "application/x-protobuf"}
@@ -314,9 +289,9 @@ async def test_without_a_key_envoy_answers_401_and_nothing_is_stored_or_counted(
 
     # A span sent with the key after the refused ones has come all the way through...
     marker = await asyncio.to_thread(send, otlp, [0.1], MARKER)
-    await wait_for(prom, f'sum({CALLS}{{service_name="{MARKER}"}})', 1)
+    await wait_promql(prom, f'sum({CALLS}{{service_name="{MARKER}"}})', 1)
     await wait_stored(http, agent, [*sent, *marker])
 
     # ...and the refused spans are neither counted nor stored.
-    assert await asyncio.to_thread(scalar, prom, total) == 10
+    assert await asyncio.to_thread(promql_scalar, prom, total) == 10
     assert await stored_spans(http, agent, REFUSED_TRACE) == []
