@@ -19,6 +19,7 @@ from .metrics.derive import SpanMetrics
 from .spans import Batch
 from .store import db
 from .store.cases import CaseStore
+from .store.changes import ChangeStore
 from .store.spans import SpanStore
 from .watch import detectors
 from .watch.overview import overview as build_overview
@@ -71,6 +72,7 @@ class Agent:
         self.span_store = SpanStore(self.config.db_path, self._reader)
         self.span_store.start()
         self.case_store = CaseStore(self._writer, self._reader)
+        self.change_store = ChangeStore(self._writer, self._reader)
         self.case_service = CaseService(
             self.case_store,
             self.span_store,

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
+import time
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..cases.service import parse_case_id, summary
+from ..cases.service import parse_case_id, rfc3339, summary
+from ..store.changes import KINDS, Change
 
 if TYPE_CHECKING:
     from ..agent import Agent
@@ -60,6 +64,77 @@ async def json_body(request: web.Request, limit: int = 1 << 20) -> dict[str, Any
     if not isinstance(value, dict):
         raise _bad("body must be a JSON object")
     return value
+
+
+def parse_time(value: Any, field: str) -> float:
+    """Epoch seconds from an RFC 3339 string or a number of seconds since the epoch."""
+    wrong = f"{field} must be an RFC 3339 time or epoch seconds"
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(wrong)
+    seconds = _seconds_from_text(value, wrong, field) if isinstance(value, str) else value
+    if not math.isfinite(seconds) or not 0 <= seconds < 253402300800:
+        raise ValueError(f"{field} is out of range")
+    return float(seconds)
+
+
+def _seconds_from_text(value: str, wrong: str, field: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(wrong) from None
+    if parsed.tzinfo is None:
+        raise ValueError(f"{field} needs a time zone (for example Z)")
+    return parsed.timestamp()
+
+
+def _text(body: dict[str, Any], field: str, limit: int, required: bool) -> str | None:
+    value = body.get(field)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{field} must be a non-empty string")
+    if len(value) > limit:
+        raise ValueError(f"{field} is longer than {limit} characters")
+    return value.strip()
+
+
+def change_from_body(body: dict[str, Any], now: float) -> Change:
+    """A deploy marker (or another change an outside tool reports) from a POST body."""
+    kind = body.get("kind", "deploy")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}")
+    at = parse_time(body["time"], "time") if body.get("time") is not None else now
+    return Change(
+        at=at,
+        service=_text(body, "service", 200, required=True) or "",
+        kind=kind,
+        summary=_text(body, "summary", 2000, required=True) or "",
+        before=_text(body, "before", 500, required=False),
+        after=_text(body, "version", 500, required=False)
+        or _text(body, "after", 500, required=False),
+        source="api",
+    )
+
+
+def change_doc(change: Change) -> dict[str, Any]:
+    """A change in the wire format of `/api/changes`."""
+    doc: dict[str, Any] = {
+        "id": change.id,
+        "at": rfc3339(change.at),
+        "service": change.service,
+        "kind": change.kind,
+        "summary": change.summary,
+        "source": change.source,
+    }
+    if change.before is not None:
+        doc["before"] = change.before
+    if change.after is not None:
+        doc["after"] = change.after
+    return doc
 
 
 def _bad(message: str) -> web.HTTPBadRequest:
@@ -136,6 +211,31 @@ def setup(app: web.Application, agent: Agent) -> None:
         if doc is None:
             return error(404, f"no stored trace {trace_id.lower()}")
         return web.json_response(doc, status=201)
+
+    @routes.post("/api/changes")
+    async def add_change(request: web.Request) -> web.Response:
+        body = await json_body(request, limit=64 * 1024)
+        try:
+            change = change_from_body(body, time.time())
+        except ValueError as exc:
+            return error(400, str(exc))
+        await agent.change_store.add(change)
+        doc = change_doc(change)
+        agent.hub.publish("change", doc)
+        return web.json_response(doc, status=201)
+
+    @routes.get("/api/changes")
+    async def list_changes(request: web.Request) -> web.Response:
+        since = None
+        if request.query.get("since"):
+            try:
+                since = parse_time(request.query["since"], "since")
+            except ValueError as exc:
+                return error(400, str(exc))
+        changes = await agent.change_store.list(
+            service=request.query.get("service") or None, since=since
+        )
+        return web.json_response({"items": [change_doc(c) for c in changes]})
 
     @routes.get("/api/traces/{trace_id}")
     async def get_trace(request: web.Request) -> web.Response:

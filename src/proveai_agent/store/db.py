@@ -68,6 +68,20 @@ MIGRATIONS: list[str] = [
     CREATE INDEX cases_service_state ON cases (service, state);
     CREATE INDEX cases_updated ON cases (updated_at);
     """,
+    """
+    CREATE TABLE changes (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        service TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        summary TEXT NOT NULL,
+        before TEXT,
+        after TEXT,
+        source TEXT NOT NULL
+    );
+    CREATE INDEX changes_service_at ON changes (service, at);
+    CREATE INDEX changes_at ON changes (at);
+    """,
 ]
 
 
