@@ -12,7 +12,9 @@ from prometheus_client import CollectorRegistry
 
 from .api.app import make_app
 from .api.auth import KeyRing
+from .api.routes import change_doc
 from .cases.service import CaseService, rfc3339, summary
+from .changes.drift import AttributeDrift
 from .config import Config
 from .hub import Hub
 from .metrics.derive import SpanMetrics
@@ -48,6 +50,7 @@ class Agent:
         self.metrics_registry = CollectorRegistry(auto_describe=False)
         self.metrics_registry.register(_Collector(self.metrics))
         self.hub = Hub()
+        self.drift = AttributeDrift(config.drift_keys)
         self.prometheus = (
             MetricsSource("prometheus", config.prometheus_url)
             if config.prometheus_url
@@ -121,6 +124,9 @@ class Agent:
         """Commit a decoded request, then count it; raises StoreUnavailable when not stored."""
         await self.span_store.write(batch.spans, batch.details)
         self.metrics.observe(batch, signal)
+        for change in self.drift.observe(batch.spans):
+            await self.change_store.add(change)
+            self.hub.publish("change", change_doc(change))
 
     async def overview(self, range_s: int) -> dict[str, Any]:
         """The overview, computed at most once per second per range for all callers."""

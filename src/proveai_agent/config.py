@@ -8,6 +8,19 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+DEFAULT_DRIFT_KEYS = (
+    "service.version",
+    "gen_ai.request.model",
+    "gen_ai.response.model",
+    "gen_ai.prompt.name",
+    "gen_ai.prompt.version",
+    "gen_ai.prompt.template.version",
+    "gen_ai.embeddings.model",
+    "gen_ai.retrieval.index.version",
+    "retrieval.index.version",
+)
+"""Attributes (span or resource) whose new values are recorded as changes of the service."""
+
 
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(
@@ -52,6 +65,7 @@ class Config:
     retention_age_s: int = 7 * 86400
     retention_bytes: int = 2 * 1024**3
     exemplar_traces: int = 5
+    drift_keys: list[str] = field(default_factory=lambda: list(DEFAULT_DRIFT_KEYS))
     detector: DetectorConfig = field(default_factory=DetectorConfig)
 
     @property

@@ -1,0 +1,1 @@
+"""What changed before a failure: deploy markers, watched files and attribute drift."""

@@ -1,0 +1,69 @@
+"""Attribute drift: a version-naming attribute of a service takes a value it never had.
+
+A service's model, prompt template version or index version moving from one value to
+another is a change worth correlating with a failure. Only a value never seen before for
+that service counts: values that alternate (an A/B test, two models in use) are recorded
+once each, not on every switch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from ..config import DEFAULT_DRIFT_KEYS
+from ..spans import Span
+from ..store.changes import Change
+
+MAX_VALUES_PER_KEY = 64
+MAX_VALUE_CHARS = 200
+
+
+class AttributeDrift:
+    """Remembers the values each (service, key) took and reports the new ones as changes."""
+
+    def __init__(
+        self, keys: Sequence[str] = DEFAULT_DRIFT_KEYS, max_services: int = 1000
+    ) -> None:
+        self.keys = tuple(keys)
+        self.max_services = max_services
+        # (service, key) -> values seen, in the order they first appeared
+        self._seen: dict[tuple[str, str], dict[str, float]] = {}
+
+    def observe(self, spans: Iterable[Span]) -> list[Change]:
+        """The changes these spans show, in the order their new values first appear."""
+        changes: list[Change] = []
+        for span in spans:
+            for key in self.keys:
+                value = span.attributes.get(key)
+                if value is None:
+                    value = span.resource.get(key)
+                if not isinstance(value, str | int | float) or isinstance(value, bool):
+                    continue
+                change = self._see(span.service, key, str(value)[:MAX_VALUE_CHARS], span)
+                if change is not None:
+                    changes.append(change)
+        return changes
+
+    def _see(self, service: str, key: str, value: str, span: Span) -> Change | None:
+        seen = self._seen.get((service, key))
+        if seen is None:
+            if len(self._seen) >= self.max_services * len(self.keys):
+                return None  # bounded memory: a flood of services is not tracked further
+            self._seen[(service, key)] = {value: span.start_ns / 1e9}
+            return None
+        if value in seen:
+            return None
+        before = next(reversed(seen))
+        if len(seen) >= MAX_VALUES_PER_KEY:
+            seen.pop(next(iter(seen)))
+        at = span.start_ns / 1e9
+        seen[value] = at
+        return Change(
+            at=at,
+            service=service,
+            kind="attribute",
+            summary=f"{key} changed from {before} to {value}",
+            before=before,
+            after=value,
+            source=key,
+        )
