@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -15,13 +16,14 @@ from .api.auth import KeyRing
 from .api.routes import change_doc
 from .cases.service import CaseService, rfc3339, summary
 from .changes.drift import AttributeDrift
+from .changes.files import FileWatcher, WatchedPath
 from .config import Config
 from .hub import Hub
 from .metrics.derive import SpanMetrics
 from .spans import Batch
 from .store import db
 from .store.cases import CaseStore
-from .store.changes import ChangeStore
+from .store.changes import Change, ChangeStore
 from .store.spans import SpanStore
 from .watch import detectors
 from .watch.overview import overview as build_overview
@@ -66,6 +68,7 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
+        self.file_watcher: FileWatcher | None = None
 
     async def start(self) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -101,6 +104,13 @@ class Agent:
         self._tasks.append(asyncio.create_task(self._watch_loop(), name="watch"))
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
         self._tasks.append(asyncio.create_task(self._checkpoint_loop(), name="checkpoint"))
+        if self.config.watch_files:
+            watched = [
+                WatchedPath(Path(item["path"]), item["service"])
+                for item in self.config.watch_files
+            ]
+            self.file_watcher = FileWatcher(watched, self.record_change)
+            self._tasks.append(asyncio.create_task(self.file_watcher.run(), name="files"))
 
     async def stop(self) -> None:
         """Stop serving and close the database, whatever fails on the way: a connection left
@@ -125,8 +135,12 @@ class Agent:
         await self.span_store.write(batch.spans, batch.details)
         self.metrics.observe(batch, signal)
         for change in self.drift.observe(batch.spans):
-            await self.change_store.add(change)
-            self.hub.publish("change", change_doc(change))
+            await self.record_change(change)
+
+    async def record_change(self, change: Change) -> None:
+        """Store a change and push it to live subscribers."""
+        await self.change_store.add(change)
+        self.hub.publish("change", change_doc(change))
 
     async def overview(self, range_s: int) -> dict[str, Any]:
         """The overview, computed at most once per second per range for all callers."""

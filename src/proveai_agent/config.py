@@ -66,6 +66,9 @@ class Config:
     retention_bytes: int = 2 * 1024**3
     exemplar_traces: int = 5
     drift_keys: list[str] = field(default_factory=lambda: list(DEFAULT_DRIFT_KEYS))
+    # Files or folders whose content changes are recorded, each for a service:
+    # [{"path": "/etc/rag/prompts", "service": "rag-api"}, ...]
+    watch_files: list[dict[str, str]] = field(default_factory=list)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
 
     @property
