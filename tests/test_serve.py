@@ -107,3 +107,25 @@ def test_sigterm_exits_promptly_while_the_metrics_source_is_down(tmp_path, attem
     started = time.monotonic()
     assert stop(proc) == 0
     assert time.monotonic() - started < 10
+
+
+def test_a_watch_entry_without_a_service_is_refused_with_a_clear_error(tmp_path):
+    config = tmp_path / "agent.toml"
+    config.write_text('watch_files = [{ path = "/etc/rag/prompts" }]\n')
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "proveai_agent",
+            "serve",
+            "--config",
+            str(config),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert "watch_files: each entry needs a path and a service" in done.stderr

@@ -110,4 +110,13 @@ def load(path: Path | None = None, **overrides: Any) -> Config:
     _apply(config, {k: v for k, v in overrides.items() if v is not None}, "command line")
     if config.api_keys is None:
         config.api_keys = os.environ.get("PROVEAI_API_KEYS")
+    for item in config.watch_files:
+        if not (
+            isinstance(item, dict)
+            and isinstance(item.get("path"), str)
+            and isinstance(item.get("service"), str)
+        ):
+            raise ValueError(
+                f"watch_files: each entry needs a path and a service, got {item!r}"
+            )
     return config
