@@ -279,6 +279,12 @@ class _Managed:
     def start(self, ready_timeout_s: float = 30.0) -> Self:
         raise NotImplementedError
 
+    def _launch(self, child: _Child, ready_timeout_s: float) -> Self:
+        """Start `child` and keep it only once it is ready."""
+        child.start(ready_timeout_s)
+        self._child = child
+        return self
+
     def stop(self, timeout_s: float = 10.0) -> None:
         if self._child is not None:
             self._child.stop(timeout_s)
@@ -346,18 +352,15 @@ class VictoriaMetrics(_Managed):
             return self
         binary = find_binary("victoria-metrics", "PROVEAI_VM_BIN", "victoria-metrics")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._child = _Child(
-            "victoria-metrics",
-            self.argv(binary),
-            self.data_dir / "victoria-metrics.log",
-            f"{self.url}/health",
+        return self._launch(
+            _Child(
+                "victoria-metrics",
+                self.argv(binary),
+                self.data_dir / "victoria-metrics.log",
+                f"{self.url}/health",
+            ),
+            ready_timeout_s,
         )
-        try:
-            self._child.start(ready_timeout_s)
-        except BaseException:
-            self._child = None
-            raise
-        return self
 
 
 class Prometheus(_Managed):
@@ -449,18 +452,15 @@ class Prometheus(_Managed):
         binary = find_binary("prometheus", "PROVEAI_PROMETHEUS_BIN", "prometheus")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.write_config()
-        self._child = _Child(
-            "prometheus",
-            self.argv(binary),
-            self.data_dir / "prometheus.log",
-            f"{self.url}/-/ready",
+        return self._launch(
+            _Child(
+                "prometheus",
+                self.argv(binary),
+                self.data_dir / "prometheus.log",
+                f"{self.url}/-/ready",
+            ),
+            ready_timeout_s,
         )
-        try:
-            self._child.start(ready_timeout_s)
-        except BaseException:
-            self._child = None
-            raise
-        return self
 
 
 def build_collector(timeout_s: float = COLLECTOR_BUILD_TIMEOUT_S) -> Path:
@@ -608,19 +608,16 @@ class Collector(_Managed):
             _answers_200(f"http://127.0.0.1:{self.telemetry_port}/metrics"),
             _listening([self.otlp_http_port, self.otlp_grpc_port, self.metrics_port]),
         )
-        self._child = _Child(
-            "collector",
-            self.argv(),
-            self.data_dir / "collector.log",
-            ready=ready,
-            env=self.environment(),
+        return self._launch(
+            _Child(
+                "collector",
+                self.argv(),
+                self.data_dir / "collector.log",
+                ready=ready,
+                env=self.environment(),
+            ),
+            ready_timeout_s,
         )
-        try:
-            self._child.start(ready_timeout_s)
-        except BaseException:
-            self._child = None
-            raise
-        return self
 
 
 ENVOY_PORT_VARIABLES = {
@@ -717,18 +714,15 @@ class Envoy(_Managed):
             return self
         binary = self.binary or find_envoy()
         self.write_config()
-        self._child = _Child(
-            "envoy",
-            self.argv(binary),
-            self.data_dir / "envoy.log",
-            ready=_listening(list(self.ports.values())),
+        return self._launch(
+            _Child(
+                "envoy",
+                self.argv(binary),
+                self.data_dir / "envoy.log",
+                ready=_listening(list(self.ports.values())),
+            ),
+            ready_timeout_s,
         )
-        try:
-            self._child.start(ready_timeout_s)
-        except BaseException:
-            self._child = None
-            raise
-        return self
 
 
 class NativeStack:
