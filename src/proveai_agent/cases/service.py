@@ -94,39 +94,21 @@ class CaseService:
 
     async def _open(self, signal: Signal) -> dict[str, Any]:
         at = rfc3339(signal.at)
-        signal_doc = {
-            **signal.to_dict(),
-            "at": at,
-            "first_seen": at,
-            "last_seen": at,
-            "count": 1,
-        }
         target = f" / {signal.span_name}" if signal.span_name else ""
-        doc: dict[str, Any] = {
-            "id": None,
-            "title": f"{TITLES.get(signal.kind, signal.kind)} in {signal.service}{target}",
-            "state": "DETECTED",
-            "severity": signal.severity,
-            "advisory": False,
-            "service": signal.service,
-            "opened_at": at,
-            "updated_at": at,
-            "trigger": signal.trigger,
-            "failure_class": signal.failure_class,
-            "class_scores": {signal.failure_class: 1.0},
-            "signals": [signal_doc],
-            "context_snapshot": await self._snapshot(signal),
-            "recent_changes": [],
-            "hypotheses": [],
-            "remediation_suggestions": [],
-            "narrative": signal.summary,
-            "timeline": [
-                {"at": at, "type": "signal", "summary": signal.summary},
-                {"at": at, "type": "transition", "to": "DETECTED", "actor": "agent"},
-            ],
-            "resolution": None,
-            "tickets": [],
-        }
+        doc = new_case(
+            title=f"{TITLES.get(signal.kind, signal.kind)} in {signal.service}{target}",
+            service=signal.service,
+            at=at,
+            trigger=signal.trigger,
+            severity=signal.severity,
+            snapshot=await self._snapshot(signal),
+            actor="agent",
+        )
+        doc["failure_class"] = signal.failure_class
+        doc["class_scores"] = {signal.failure_class: 1.0}
+        doc["signals"] = [_signal_doc(signal, at)]
+        doc["narrative"] = signal.summary
+        doc["timeline"].insert(0, {"at": at, "type": "signal", "summary": signal.summary})
         number = await self.cases.insert(doc, signal.at)
         logger.info("case CASE-%d opened: %s", number, doc["title"])
         return doc
@@ -145,9 +127,7 @@ class CaseService:
                 existing["severity"] = signal.severity
                 break
         else:
-            doc["signals"].append(
-                {**signal.to_dict(), "at": at, "first_seen": at, "last_seen": at, "count": 1}
-            )
+            doc["signals"].append(_signal_doc(signal, at))
             doc["timeline"].append({"at": at, "type": "signal", "summary": signal.summary})
             scores = doc.setdefault("class_scores", {})
             scores[signal.failure_class] = max(scores.get(signal.failure_class, 0.0), 0.5)
@@ -161,30 +141,11 @@ class CaseService:
         trace_ids = await self.spans.exemplar_trace_ids(
             signal.service, since_ns, until_ns, signal.span_name, order, self.exemplar_traces
         )
-        traces = []
-        prompts: list[Any] = []
-        outputs: list[Any] = []
-        chunks: list[Any] = []
-        scores: dict[str, list[float]] = {}
-        for trace_id in trace_ids:
-            spans = await self.spans.get_trace(trace_id)
-            traces.append({"trace_id": trace_id, "spans": spans})
-            for span in spans:
-                for message in span.get("messages", []):
-                    target = outputs if message.get("direction") == "output" else prompts
-                    target.append({"span_id": span["span_id"], **message})
-                for chunk in span.get("chunks", []):
-                    chunks.append({"span_id": span["span_id"], **chunk})
-                for name, value in span.get("scores", {}).items():
-                    scores.setdefault(name, []).append(value)
-        return {
-            "traces": traces,
-            "prompts": prompts[:20],
-            "retrieved_chunks": chunks[:20],
-            "model_outputs": outputs[:20],
-            "eval_scores": {k: sum(v) / len(v) for k, v in scores.items()},
-            "infra_metrics": {"signal": signal.evidence},
-        }
+        traces = [
+            {"trace_id": trace_id, "spans": await self.spans.get_trace(trace_id)}
+            for trace_id in trace_ids
+        ]
+        return context_snapshot(traces, {"signal": signal.evidence})
 
     async def open_manual(self, trace_id: str, title: str) -> dict[str, Any] | None:
         """Open a case by hand from a stored trace; None when the trace is not stored."""
@@ -193,41 +154,84 @@ class CaseService:
             return None
         root = next((s for s in spans if not s["parent_span_id"]), spans[0])
         now = time.time()
-        at = rfc3339(now)
-        doc: dict[str, Any] = {
-            "id": None,
-            "title": title,
-            "state": "DETECTED",
-            "severity": "medium",
-            "advisory": False,
-            "service": root["service"],
-            "opened_at": at,
-            "updated_at": at,
-            "trigger": "manual",
-            "failure_class": None,
-            "class_scores": {},
-            "signals": [],
-            "context_snapshot": {
-                "traces": [{"trace_id": trace_id, "spans": spans}],
-                "prompts": [],
-                "retrieved_chunks": [],
-                "model_outputs": [],
-                "eval_scores": {},
-                "infra_metrics": {},
-            },
-            "recent_changes": [],
-            "hypotheses": [],
-            "remediation_suggestions": [],
-            "narrative": "",
-            "timeline": [
-                {"at": at, "type": "transition", "to": "DETECTED", "actor": "engineer"}
-            ],
-            "resolution": None,
-            "tickets": [],
-        }
+        doc = new_case(
+            title=title,
+            service=root["service"],
+            at=rfc3339(now),
+            trigger="manual",
+            severity="medium",
+            snapshot=context_snapshot([{"trace_id": trace_id, "spans": spans}], {}),
+            actor="engineer",
+        )
         async with self._lock:
             number = await self.cases.insert(doc, now)
         logger.info("case CASE-%d opened by hand from trace %s", number, trace_id)
         for listener in self.listeners:
             await listener(doc)
         return doc
+
+
+def _signal_doc(signal: Signal, at: str) -> dict[str, Any]:
+    return {**signal.to_dict(), "at": at, "first_seen": at, "last_seen": at, "count": 1}
+
+
+def new_case(
+    *,
+    title: str,
+    service: str,
+    at: str,
+    trigger: str,
+    severity: str,
+    snapshot: dict[str, Any],
+    actor: str,
+) -> dict[str, Any]:
+    """A case document in state DETECTED, before it has an id, signals or hypotheses."""
+    return {
+        "id": None,
+        "title": title,
+        "state": "DETECTED",
+        "severity": severity,
+        "advisory": False,
+        "service": service,
+        "opened_at": at,
+        "updated_at": at,
+        "trigger": trigger,
+        "failure_class": None,
+        "class_scores": {},
+        "signals": [],
+        "context_snapshot": snapshot,
+        "recent_changes": [],
+        "hypotheses": [],
+        "remediation_suggestions": [],
+        "narrative": "",
+        "timeline": [{"at": at, "type": "transition", "to": "DETECTED", "actor": actor}],
+        "resolution": None,
+        "tickets": [],
+    }
+
+
+def context_snapshot(
+    traces: list[dict[str, Any]], infra_metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """The case context: exemplar traces and the prompts, outputs, chunks and scores in them."""
+    prompts: list[Any] = []
+    outputs: list[Any] = []
+    chunks: list[Any] = []
+    scores: dict[str, list[float]] = {}
+    for trace in traces:
+        for span in trace["spans"]:
+            for message in span.get("messages", []):
+                target = outputs if message.get("direction") == "output" else prompts
+                target.append({"span_id": span["span_id"], **message})
+            for chunk in span.get("chunks", []):
+                chunks.append({"span_id": span["span_id"], **chunk})
+            for name, value in span.get("scores", {}).items():
+                scores.setdefault(name, []).append(value)
+    return {
+        "traces": traces,
+        "prompts": prompts[:20],
+        "retrieved_chunks": chunks[:20],
+        "model_outputs": outputs[:20],
+        "eval_scores": {k: sum(v) / len(v) for k, v in scores.items()},
+        "infra_metrics": infra_metrics,
+    }
