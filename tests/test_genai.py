@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.logs.v1 import logs_pb2
 
+from otlpfix import any_value
 from proveai_agent.ingest.genai import annotate, log_details
 from proveai_agent.ingest.otlp import decode_logs, decode_traces
 from proveai_agent.spans import Span, SpanDetail
@@ -652,26 +653,6 @@ def test_json_span_with_deprecated_names_is_normalised_on_decode():
 
 
 # Log records --------------------------------------------------------------------------------
-
-
-def any_value(value: object) -> AnyValue:
-    if isinstance(value, str):
-        return AnyValue(string_value=value)
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    result = AnyValue()
-    if isinstance(value, list):
-        result.array_value.values.extend(any_value(item) for item in value)
-    else:
-        assert isinstance(value, dict)
-        result.kvlist_value.values.extend(
-            KeyValue(key=k, value=any_value(v)) for k, v in value.items()
-        )
-    return result
 
 
 def log_record(

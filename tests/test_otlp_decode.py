@@ -30,6 +30,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from otlpfix import key_values
 from proveai_agent.ingest.otlp import (
     DROPPED_ATTRIBUTES_KEY,
     DROPPED_EVENTS_KEY,
@@ -58,31 +59,6 @@ PARENT_ID = bytes.fromhex(PARENT_HEX)
 START_NS = 1544712660000000000
 END_NS = 1544712661000000000
 EVENT_NS = 1544712660300000000
-
-
-def any_value(value: object) -> AnyValue:
-    """The protobuf AnyValue of a plain value (bytes stay bytes)."""
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    if isinstance(value, str):
-        return AnyValue(string_value=value)
-    if isinstance(value, bytes):
-        return AnyValue(bytes_value=value)
-    result = AnyValue()
-    if isinstance(value, list):
-        result.array_value.values.extend(any_value(item) for item in value)
-    else:
-        assert isinstance(value, dict)
-        result.kvlist_value.values.extend(key_values(value))
-    return result
-
-
-def key_values(attributes: dict[str, object]) -> list[KeyValue]:
-    return [KeyValue(key=key, value=any_value(value)) for key, value in attributes.items()]
 
 
 def pb_span(**fields: object) -> trace_pb2.Span:
