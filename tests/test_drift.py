@@ -39,7 +39,7 @@ def test_the_first_value_is_a_baseline_and_a_new_one_is_a_change():
         2.0,
     )
     assert change.source == "gen_ai.request.model"
-    assert change.summary == "gen_ai.request.model changed from m-1 to m-2"
+    assert change.summary == "gen_ai.request.model of chat changed from m-1 to m-2"
 
 
 def test_values_that_alternate_are_recorded_once_each():
@@ -115,3 +115,24 @@ async def test_a_model_change_in_ingested_spans_appears_in_the_change_log(agent,
     assert [(c["kind"], c["before"], c["after"], c["source"]) for c in items] == [
         ("attribute", "gpt-4o-mini", "gpt-4.1-mini", "gen_ai.request.model")
     ]
+
+
+def test_each_kind_of_span_drifts_on_its_own():
+    # The embedding call and the chat call of one service name different models: both
+    # values are baselines, and only the embedding model's move is a change, from its own
+    # previous value.
+    drift = AttributeDrift(["gen_ai.request.model"])
+    embed = span(1, **{"gen_ai.request.model": "minilm", "gen_ai.operation.name": "embeddings"})
+    embed.operation = "embeddings"
+    chat = span(2, **{"gen_ai.request.model": "gpt-4o-mini", "gen_ai.operation.name": "chat"})
+    chat.operation = "chat"
+    assert drift.observe([embed, chat]) == []
+    moved = span(
+        3, **{"gen_ai.request.model": "bge-small", "gen_ai.operation.name": "embeddings"}
+    )
+    moved.operation = "embeddings"
+    (change,) = drift.observe([moved, chat])
+    assert (change.before, change.after) == ("minilm", "bge-small")
+    assert (
+        change.summary == "gen_ai.request.model of embeddings changed from minilm to bge-small"
+    )

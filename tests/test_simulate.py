@@ -453,7 +453,7 @@ def test_rag_chat_span_carries_evaluation_events(healthy: Run) -> None:
         for event in events
     }
 
-    assert set(scores) == {"relevance", "groundedness"}
+    assert set(scores) == {"relevance", "groundedness", "coherence"}
     assert all(0.0 <= score <= 1.0 for score in scores.values())
 
 
@@ -695,9 +695,34 @@ def _parse(*options: str) -> argparse.Namespace:
     return parser.parse_args(list(options))
 
 
-def test_list_prints_nothing_and_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+def test_list_prints_name_class_and_root_cause_of_every_scenario_folder(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folders = sorted(
+        path.parent.name
+        for path in (SRC / "proveai_agent" / "simulate" / "scenarios").glob("*/scenario.toml")
+    )
     assert runner.run(_parse("--list")) == 0
-    assert capsys.readouterr().out == ""
+    rows = [line.split(" ") for line in capsys.readouterr().out.splitlines()]
+
+    assert [row[0] for row in rows] == folders
+    assert all(len(row) == 3 for row in rows)
+    causes: dict[str, set[str]] = {}
+    for _, failure_class, root_cause in rows:
+        causes.setdefault(failure_class, set()).add(root_cause)
+    assert sorted(causes) == sorted(
+        [
+            "HALLUCINATION",
+            "RETRIEVAL_DRIFT",
+            "COHERENCE_DEGRADATION",
+            "AGENT_LOOP",
+            "LATENCY_REGRESS",
+            "CONTEXT_OVERFLOW",
+            "PROMPT_REGRESSION",
+            "TOKEN_EXPLOSION",
+        ]
+    )
+    assert all(len(found) >= 2 for found in causes.values())
 
 
 def test_unknown_scenario_exits_two_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:

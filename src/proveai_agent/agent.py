@@ -20,13 +20,15 @@ from .changes.files import FileWatcher, WatchedPath
 from .config import Config
 from .hub import Hub
 from .metrics.derive import SpanMetrics
+from .signals import Signal
 from .spans import Batch
 from .store import db
 from .store.cases import CaseStore
 from .store.changes import Change, ChangeStore
 from .store.spans import SpanStore
-from .watch import detectors
+from .watch import detectors, quality, trend
 from .watch.overview import overview as build_overview
+from .watch.patterns import TracePatterns
 from .watch.promql import MetricsSource, SourceError
 from .watch.schemes import Scheme, detect
 
@@ -53,6 +55,8 @@ class Agent:
         self.metrics_registry.register(_Collector(self.metrics))
         self.hub = Hub()
         self.drift = AttributeDrift(config.drift_keys)
+        self.patterns = TracePatterns(config.patterns)
+        self._trend_due = 0.0
         self.prometheus = (
             MetricsSource("prometheus", config.prometheus_url)
             if config.prometheus_url
@@ -84,6 +88,8 @@ class Agent:
             self.span_store,
             self.config.grouping_window_s,
             self.config.exemplar_traces,
+            changes=self.change_store,
+            change_doc=change_doc,
         )
         self.case_service.listeners.append(self._publish_case)
         if not len(self.keys):
@@ -134,6 +140,7 @@ class Agent:
         """Commit a decoded request, then count it; raises StoreUnavailable when not stored."""
         await self.span_store.write(batch.spans, batch.details)
         self.metrics.observe(batch, signal)
+        self.patterns.observe(batch.spans)
         for change in self.drift.observe(batch.spans):
             await self.record_change(change)
 
@@ -172,23 +179,39 @@ class Agent:
             await asyncio.sleep(max(0.1, interval - (time.monotonic() - started)))
 
     async def watch_once(self, now: float) -> None:
-        """One detection cycle at `now`: read the metrics back, raise signals, update cases."""
-        source = self.prometheus or self.victoriametrics
-        if source is None:
-            return
-        try:
-            if self.scheme is None:
-                self.scheme = await detect(source, now)
-                if self.scheme is None:
-                    return
-                logger.info("spanmetrics found: %s", self.scheme.prefix)
-            found = await detectors.evaluate(source, self.scheme, now, self.config.detector)
-        except SourceError:
-            return  # the source records the error and logs state changes itself
+        """One detection cycle at `now`: run the detectors, hand their signals to cases."""
+        found = self.patterns.evaluate(now)
+        found += await self._metric_signals(now)
         for signal in found:
             await self.case_service.on_signal(signal)
         if len(self.hub):
             self.hub.publish("overview", await self.overview(900))
+
+    async def _metric_signals(self, now: float) -> list[Signal]:
+        """The signals of the PromQL detectors; none while no source answers."""
+        source = self.prometheus or self.victoriametrics
+        if source is None:
+            return []
+        found: list[Signal] = []
+        try:
+            if self.scheme is None:
+                self.scheme = await detect(source, now)
+                if self.scheme is not None:
+                    logger.info("spanmetrics found: %s", self.scheme.prefix)
+            if self.scheme is not None:
+                found += await detectors.evaluate(
+                    source, self.scheme, now, self.config.detector
+                )
+            found += await quality.evaluate(source, now, self.config.quality)
+            if now >= self._trend_due:
+                # A week is read from VictoriaMetrics when there is one: it keeps history
+                # longer and is where older history is backfilled.
+                history = self.victoriametrics or source
+                self._trend_due = now + self.config.trend_interval_s
+                found += await trend.evaluate(history, self.scheme, now, self.config.trend)
+        except SourceError:
+            pass  # the source records the error and logs state changes itself
+        return found
 
     async def _checkpoint_loop(self) -> None:
         while True:

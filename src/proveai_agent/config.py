@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,106 @@ class DetectorConfig:
     error_mad_k: float = 4.0
 
 
+@dataclass(slots=True)
+class QualityConfig:
+    """Thresholds of the quality detector.
+
+    Args:
+        window_s: the current window, seconds before `now`.
+        baseline_s: how far back the baseline starts, seconds before `now`.
+        baseline_step_s: seconds between two baseline points.
+        min_baseline_points: the fewest baseline windows with enough scores to judge by.
+        min_scores: the fewest scores a window (current or baseline) needs to count.
+        drop_min: the smallest drop of the mean score that fires, absolute (scores 0–1).
+        drop_mad_k: how many σ below the baseline median the mean score must fall.
+    """
+
+    window_s: int = 60
+    baseline_s: int = 1800
+    baseline_step_s: int = 20
+    min_baseline_points: int = 3
+    min_scores: int = 5
+    drop_min: float = 0.1
+    drop_mad_k: float = 4.0
+
+
+@dataclass(slots=True)
+class TrendConfig:
+    """Thresholds of the drift detector.
+
+    Args:
+        recent_s: the recent period, seconds before `now` (6 h).
+        baseline_s: the length of the baseline before the recent period (7 days).
+        baseline_step_s: the length of one baseline point, and the step between two.
+        min_baseline_points: the fewest baseline points with enough traffic to judge by.
+        min_count: the fewest calls (or scores) a period needs to count.
+        latency_factor: how many times the baseline median the mean latency must reach.
+        latency_mad_k: how many σ above the median the mean latency must be.
+        tokens_factor: how many times the median the output tokens per call must reach.
+        tokens_mad_k: how many σ above the median the tokens per call must be.
+        error_ratio_rise: the smallest rise of the error ratio that fires, absolute.
+        error_mad_k: how many σ above the median the error ratio must be.
+        score_drop_min: the smallest drop of a mean score that fires, absolute.
+        score_mad_k: how many σ below the median a mean score must fall.
+    """
+
+    recent_s: int = 21600
+    baseline_s: int = 7 * 86400
+    baseline_step_s: int = 3600
+    min_baseline_points: int = 24
+    min_count: int = 20
+    latency_factor: float = 1.3
+    latency_mad_k: float = 3.0
+    tokens_factor: float = 1.3
+    tokens_mad_k: float = 3.0
+    error_ratio_rise: float = 0.02
+    error_mad_k: float = 3.0
+    score_drop_min: float = 0.05
+    score_mad_k: float = 3.0
+
+
+@dataclass
+class PatternConfig:
+    """Thresholds and bounds of the trace-pattern detectors (see the module docstring)."""
+
+    window_s: int = 60
+    """The current window: the seconds before `now` that are judged."""
+    baseline_s: int = 1800
+    """How far back the baseline starts; it ends where the current window starts."""
+    baseline_step_s: int = 20
+    """Seconds between two baseline points."""
+    min_baseline_points: int = 3
+    """Fewest baseline points for the token baseline to count."""
+    min_calls: int = 5
+    """Fewest model calls reporting tokens, in the window and in a baseline point."""
+    token_factor: float = 3.0
+    """A token mean fires above this many times the baseline median..."""
+    token_mad_k: float = 4.0
+    """...and above the median plus this many σ."""
+    loop_min_repeats: int = 5
+    """Fewest repeats of one call in one trace or conversation that make a loop."""
+    overflow_min_spans: int = 3
+    """Fewest overflowing model calls in the window for an overflow signal."""
+    overflow_ratio_min: float = 0.1
+    """Smallest share of overflowing model calls that fires."""
+    overflow_baseline_factor: float = 2.0
+    """The share must also be at least this many times the baseline share."""
+    near_window_ratio: float = 0.9
+    """Input tokens at this share of the model's context window count as overflow."""
+    context_windows: dict[str, int] = field(default_factory=dict)
+    """Context windows by model-name prefix, on top of the table in watch/patterns.py."""
+    max_traces: int = 10_000
+    """Traces tracked for loops and conversation links."""
+    max_spans: int = 200_000
+    """Spans remembered over all tracked traces, and call repeats over all conversations."""
+    max_conversations: int = 10_000
+    """Conversations tracked for loops."""
+    max_calls_per_group: int = 512
+    """Distinct calls tracked in one trace or conversation."""
+    max_series: int = 256
+    """Service and model pairs tracked for tokens and overflow."""
+
+
 @dataclass
 class Config:
     listen: str = "127.0.0.1:8470"
@@ -70,6 +170,11 @@ class Config:
     # [{"path": "/etc/rag/prompts", "service": "rag-api"}, ...]
     watch_files: list[dict[str, str]] = field(default_factory=list)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    patterns: PatternConfig = field(default_factory=PatternConfig)
+    trend: TrendConfig = field(default_factory=TrendConfig)
+    trend_interval_s: float = 300.0
+    """How often the slow-drift detector runs; it reads a week of history each time."""
 
     @property
     def host(self) -> str:
@@ -91,7 +196,7 @@ def _apply(target: Any, values: dict[str, Any], where: str) -> None:
         if name not in known:
             raise ValueError(f"{where}: unknown setting {key!r}")
         current = getattr(target, name)
-        if isinstance(current, DetectorConfig):
+        if is_dataclass(current):
             if not isinstance(value, dict):
                 raise ValueError(f"{where}: [{key}] must be a table")
             _apply(current, value, f"{where} [{key}]")

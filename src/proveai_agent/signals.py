@@ -20,6 +20,11 @@ class Signal:
         severity: critical, high, medium or low.
         summary: one readable line with the key numbers.
         evidence: the numbers (current value, baseline, threshold, the PromQL used, ...).
+        subject: what inside the service and span it is about when one service can have
+            several such findings at once: an evaluation name, a tool, a model.
+        candidates: the failure classes the finding supports, each with a weight from 0
+            to 1; empty means `failure_class` alone, at 1.
+        advisory: a slow trend worth a look rather than an incident (proactive drift).
     """
 
     kind: str
@@ -31,11 +36,19 @@ class Signal:
     severity: str
     summary: str
     evidence: dict[str, Any] = field(default_factory=dict)
+    subject: str | None = None
+    candidates: dict[str, float] = field(default_factory=dict)
+    advisory: bool = False
 
     @property
     def key(self) -> str:
         """Identity of what is wrong, so the same finding is not added twice to a case."""
-        return f"{self.kind}|{self.service}|{self.span_name or ''}"
+        key = f"{self.kind}|{self.service}|{self.span_name or ''}"
+        return f"{key}|{self.subject}" if self.subject else key
+
+    def class_weights(self) -> dict[str, float]:
+        """The classes this signal supports, with their weights."""
+        return dict(self.candidates) if self.candidates else {self.failure_class: 1.0}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -11,7 +11,9 @@ from typing import Any
 
 from ..signals import Signal
 from ..store.cases import CaseStore
+from ..store.changes import Change, ChangeStore
 from ..store.spans import SpanStore
+from . import correlate
 
 logger = logging.getLogger(__name__)
 
@@ -19,6 +21,11 @@ SEVERITY_ORDER = ("low", "medium", "high", "critical")
 TITLES = {
     "error_spike": "Error spike",
     "latency_regression": "Latency regression",
+    "score_drop": "Quality drop",
+    "agent_loop": "Agent loop",
+    "token_explosion": "Token explosion",
+    "context_overflow": "Context overflow",
+    "drift": "Slow drift",
 }
 
 
@@ -67,9 +74,13 @@ class CaseService:
         grouping_window_s: float,
         exemplar_traces: int = 5,
         window_s: float = 300,
+        changes: ChangeStore | None = None,
+        change_doc: Callable[[Change], dict[str, Any]] | None = None,
     ) -> None:
         self.cases = cases
         self.spans = spans
+        self.changes = changes
+        self.change_doc = change_doc or _plain_change_doc
         self.grouping_window_s = grouping_window_s
         self.exemplar_traces = exemplar_traces
         self.window_s = window_s
@@ -87,6 +98,7 @@ class CaseService:
             else:
                 number, doc = found
                 self._join(doc, signal)
+                await self._assess(doc)
                 await self.cases.update(number, doc, signal.at, last_signal_at=signal.at)
         for listener in self.listeners:
             await listener(doc)
@@ -95,6 +107,8 @@ class CaseService:
     async def _open(self, signal: Signal) -> dict[str, Any]:
         at = rfc3339(signal.at)
         target = f" / {signal.span_name}" if signal.span_name else ""
+        if signal.subject:
+            target += f" ({signal.subject})"
         doc = new_case(
             title=f"{TITLES.get(signal.kind, signal.kind)} in {signal.service}{target}",
             service=signal.service,
@@ -105,10 +119,12 @@ class CaseService:
             actor="agent",
         )
         doc["failure_class"] = signal.failure_class
-        doc["class_scores"] = {signal.failure_class: 1.0}
+        doc["advisory"] = signal.advisory
+        doc["first_signal_at"] = signal.at
         doc["signals"] = [_signal_doc(signal, at)]
         doc["narrative"] = signal.summary
         doc["timeline"].insert(0, {"at": at, "type": "signal", "summary": signal.summary})
+        await self._assess(doc)
         number = await self.cases.insert(doc, signal.at)
         logger.info("case CASE-%d opened: %s", number, doc["title"])
         return doc
@@ -117,9 +133,7 @@ class CaseService:
         at = rfc3339(signal.at)
         doc["updated_at"] = at
         for existing in doc["signals"]:
-            if f"{existing['kind']}|{existing['service']}|{existing['span_name'] or ''}" == (
-                signal.key
-            ):
+            if existing.get("key") == signal.key:
                 existing["last_seen"] = at
                 existing["count"] = existing.get("count", 1) + 1
                 existing["evidence"] = signal.evidence
@@ -129,10 +143,22 @@ class CaseService:
         else:
             doc["signals"].append(_signal_doc(signal, at))
             doc["timeline"].append({"at": at, "type": "signal", "summary": signal.summary})
-            scores = doc.setdefault("class_scores", {})
-            scores[signal.failure_class] = max(scores.get(signal.failure_class, 0.0), 0.5)
+        doc["advisory"] = all(s.get("advisory") for s in doc["signals"])
         if SEVERITY_ORDER.index(signal.severity) > SEVERITY_ORDER.index(doc["severity"]):
             doc["severity"] = signal.severity
+
+    async def _assess(self, doc: dict[str, Any]) -> None:
+        """Class scores, leading class and recent changes, from signals and change log."""
+        first = float(doc.get("first_signal_at") or 0.0)
+        changes: list[Change] = []
+        if self.changes is not None and first:
+            changes = await self.changes.list(since=first - correlate.LOOKBACK_S, until=first)
+        scores, recent = correlate.assess(
+            doc["service"], doc["signals"], first, changes, self.change_doc
+        )
+        doc["class_scores"] = scores
+        doc["failure_class"] = correlate.leading_class(scores, doc.get("failure_class"))
+        doc["recent_changes"] = recent
 
     async def _snapshot(self, signal: Signal) -> dict[str, Any]:
         until_ns = int(signal.at * 1e9)
@@ -172,7 +198,27 @@ class CaseService:
 
 
 def _signal_doc(signal: Signal, at: str) -> dict[str, Any]:
-    return {**signal.to_dict(), "at": at, "first_seen": at, "last_seen": at, "count": 1}
+    return {
+        **signal.to_dict(),
+        "key": signal.key,
+        "at": at,
+        "first_seen": at,
+        "last_seen": at,
+        "count": 1,
+    }
+
+
+def _plain_change_doc(change: Change) -> dict[str, Any]:
+    return {
+        "id": change.id,
+        "at": rfc3339(change.at),
+        "service": change.service,
+        "kind": change.kind,
+        "summary": change.summary,
+        "source": change.source,
+        "before": change.before,
+        "after": change.after,
+    }
 
 
 def new_case(

@@ -1,9 +1,12 @@
 """Attribute drift: a version-naming attribute of a service takes a value it never had.
 
 A service's model, prompt template version or index version moving from one value to
-another is a change worth correlating with a failure. Only a value never seen before for
-that service counts: values that alternate (an A/B test, two models in use) are recorded
-once each, not on every switch.
+another is a change worth correlating with a failure. Values are tracked per service and
+per kind of span (its `gen_ai.operation.name`, else its name), so that a service whose
+embedding and chat calls name different models sees each move on its own; resource
+attributes are tracked for the whole service. Only a value never seen before counts:
+values that alternate (an A/B test, two models in use) are recorded once each, not on
+every switch.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ class AttributeDrift:
     ) -> None:
         self.keys = tuple(keys)
         self.max_services = max_services
-        # (service, key) -> values seen, in the order they first appeared
-        self._seen: dict[tuple[str, str], dict[str, float]] = {}
+        # (service, scope, key) -> values seen, in the order they first appeared
+        self._seen: dict[tuple[str, str, str], dict[str, float]] = {}
 
     def observe(self, spans: Iterable[Span]) -> list[Change]:
         """The changes these spans show, in the order their new values first appear."""
@@ -35,21 +38,23 @@ class AttributeDrift:
         for span in spans:
             for key in self.keys:
                 value = span.attributes.get(key)
+                scope = span.operation or span.name
                 if value is None:
-                    value = span.resource.get(key)
+                    value, scope = span.resource.get(key), ""
                 if not isinstance(value, str | int | float) or isinstance(value, bool):
                     continue
-                change = self._see(span.service, key, str(value)[:MAX_VALUE_CHARS], span)
+                value = str(value)[:MAX_VALUE_CHARS]
+                change = self._see(span.service, scope[:MAX_VALUE_CHARS], key, value, span)
                 if change is not None:
                     changes.append(change)
         return changes
 
-    def _see(self, service: str, key: str, value: str, span: Span) -> Change | None:
-        seen = self._seen.get((service, key))
+    def _see(self, service: str, scope: str, key: str, value: str, span: Span) -> Change | None:
+        seen = self._seen.get((service, scope, key))
         if seen is None:
             if len(self._seen) >= self.max_services * len(self.keys):
                 return None  # bounded memory: a flood of services is not tracked further
-            self._seen[(service, key)] = {value: span.start_ns / 1e9}
+            self._seen[(service, scope, key)] = {value: span.start_ns / 1e9}
             return None
         if value in seen:
             return None
@@ -62,7 +67,7 @@ class AttributeDrift:
             at=at,
             service=service,
             kind="attribute",
-            summary=f"{key} changed from {before} to {value}",
+            summary=f"{key}{f' of {scope}' if scope else ''} changed from {before} to {value}",
             before=before,
             after=value,
             source=key,

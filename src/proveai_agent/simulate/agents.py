@@ -32,6 +32,8 @@ RESEARCH_MODEL = "gpt-4o-mini"
 SYNTHESIS_MODEL = "gpt-4o"
 RESPONSE_MODELS = {"gpt-4o": "gpt-4o-2024-08-06", "gpt-4o-mini": "gpt-4o-mini-2024-07-18"}
 
+CONTEXT_WINDOW = 128_000
+"""The context window of both models, in tokens."""
 HEALTHY_TOOL_ERROR_RATIO = 0.003
 """Share of web searches that time out on a healthy day; the planner carries on without them."""
 
@@ -115,10 +117,10 @@ TASKS: tuple[Task, ...] = (
 class AgentSystem:
     """Plans `research-agent` traces; the same seed gives the same sequence of traces."""
 
-    service = SERVICE
     version = VERSION
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, service: str = SERVICE) -> None:
+        self.service = service
         self._traces = random.Random(f"{seed}/{SERVICE}")
 
     def next_trace(self, effect: Effect = NO_EFFECT) -> PlannedSpan:
@@ -133,6 +135,7 @@ class _Calls:
         self.rng = rng
         self.effect = effect
         self.failed = False
+        self.overflow_roll = rng.random()
 
     def chat(
         self,
@@ -143,13 +146,24 @@ class _Calls:
         completion: str,
         tokens: tuple[int, int],
         finish_reason: str = "stop",
+        token_factor: float = 1.0,
+        overflow: bool = False,
     ) -> PlannedSpan:
+        """One model call; `token_factor` multiplies its output, `overflow` fills its
+        context window so that the answer is cut off."""
         rng = self.rng
         fault_roll = rng.random()
         latency_jitter = rng.uniform(0.85, 1.15)
         duration_ns = lognormal_ms(rng, median_ms, 0.35, median_ms / 2, median_ms * 2.5)
         if self.effect.latency_factor != 1.0:
             duration_ns = int(duration_ns * self.effect.latency_factor * latency_jitter)
+        if token_factor != 1.0:
+            tokens = (tokens[0], round(tokens[1] * token_factor))
+            duration_ns = int(duration_ns * (0.3 + 0.7 * token_factor))
+        if overflow:
+            used = int(CONTEXT_WINDOW * rng.uniform(0.93, 0.995))
+            tokens = (used, CONTEXT_WINDOW - used)
+            finish_reason = "length"
 
         span = PlannedSpan(
             f"chat {model}",
@@ -220,6 +234,17 @@ def plan_task(rng: random.Random, effect: Effect = NO_EFFECT) -> PlannedSpan:
     tools = [_web_search(rng, query, plan.end_ns + _gap(rng)) for query in searches]
     root.children += tools
     cursor = max(tool.end_ns for tool in tools) + _gap(rng)
+    if effect.tool_error_retries:
+        failing = tools[0]
+        _fail_search(failing)
+        cursor = _repeat_search(
+            rng, calls, root, task, searches[0], cursor, effect.tool_error_retries, True
+        )
+    if effect.loop_repeats:
+        repeats = effect.loop_repeats + rng.randint(0, 3)
+        cursor = _repeat_search(rng, calls, root, task, searches[0], cursor, repeats, False)
+    if calls.failed:
+        return _fail_agent(rng, root, effect)
 
     research = _agent("research", RESEARCH_MODEL, conversation, cursor)
     root.children.append(research)
@@ -239,6 +264,7 @@ def plan_task(rng: random.Random, effect: Effect = NO_EFFECT) -> PlannedSpan:
                 ],
                 f"Notes on: {'; '.join(searches)}",
                 (rng.randint(1400, 3200), output_tokens),
+                overflow=calls.overflow_roll < effect.overflow_ratio,
             )
         )
         if calls.failed:
@@ -262,6 +288,7 @@ def plan_task(rng: random.Random, effect: Effect = NO_EFFECT) -> PlannedSpan:
                 estimate_tokens(SYNTHESIS_PROMPT + task.text) + notes_tokens,
                 rng.randint(280, 650),
             ),
+            token_factor=effect.output_token_factor,
         )
     )
     _close_agent(rng, synthesis, failed=calls.failed)
@@ -269,6 +296,54 @@ def plan_task(rng: random.Random, effect: Effect = NO_EFFECT) -> PlannedSpan:
         return _fail_agent(rng, root, effect)
     _close_agent(rng, root, failed=False)
     return root
+
+
+def _repeat_search(
+    rng: random.Random,
+    calls: _Calls,
+    root: PlannedSpan,
+    task: Task,
+    query: str,
+    cursor: int,
+    times: int,
+    failing: bool,
+) -> int:
+    """The planner asks for the same search again, `times` times; returns where it ends.
+
+    With `failing` every repeat fails as the first did (a tool error the planner retries).
+    """
+    arguments = json.dumps([{"name": "web_search", "arguments": {"query": query}}])
+    for _ in range(times):
+        again = calls.chat(
+            PLANNER_MODEL,
+            cursor,
+            600,
+            [
+                {"role": "system", "content": PLANNER_PROMPT},
+                {"role": "user", "content": task.text},
+            ],
+            arguments,
+            (estimate_tokens(PLANNER_PROMPT + task.text) + 260, 32),
+            finish_reason="tool_calls",
+        )
+        root.children.append(again)
+        if calls.failed:
+            return again.end_ns
+        search = _web_search(rng, query, again.end_ns + _gap(rng))
+        if failing:
+            _fail_search(search)
+        root.children.append(search)
+        cursor = search.end_ns + _gap(rng)
+    return cursor
+
+
+def _fail_search(span: PlannedSpan) -> None:
+    """The search backend answers 503: the call fails fast with no results."""
+    span.end_ns = span.start_ns + (span.end_ns - span.start_ns) // 6
+    span.attributes.pop("gen_ai.tool.call.result", None)
+    span.events = [event for event in span.events if event.name != "exception"]
+    span.attributes.pop("error.type", None)
+    mark_failed(span, "SearchBackendError", "search backend returned 503")
 
 
 def _gap(rng: random.Random) -> int:

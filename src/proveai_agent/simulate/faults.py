@@ -1,14 +1,14 @@
 """Injected faults: what goes wrong on which simulated service, and when it starts and stops.
 
-A fault is data (`Fault`); a scenario is a named tuple of faults (`Scenario`), so a new
-scenario is one more entry in `SCENARIOS`. `FaultSchedule` turns the faults into the
+A fault is data (`Fault`): `--inject` makes one of the two simple kinds, a scenario
+(simulate/scenarios.py) brings its own effect. `FaultSchedule` turns the faults into the
 `Effect` each service sees at a given moment of the run.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 FAULT_KINDS = ("latency", "errors")
@@ -27,22 +27,61 @@ class ModelFailure:
     status_code: int = 503
 
 
+AttributeValue = str | bool | int | float | list[str]
+
+
 @dataclass(frozen=True, slots=True)
 class Effect:
-    """What the active faults do to one service's model calls right now."""
+    """What the active faults do to one service's traces right now.
+
+    The defaults are a healthy service. Ratios are the share of requests affected;
+    factors multiply a healthy value. `attributes` are (operation or span name, key,
+    value) triples set on the matching spans, e.g. a model that changed.
+    """
 
     latency_factor: float = 1.0
+    """Model calls take this many times longer."""
     error_ratio: float = 0.0
+    """Share of model calls that fail with `failure`."""
     failure: ModelFailure = field(default_factory=ModelFailure)
+    retrieval_latency_factor: float = 1.0
+    """Vector searches take this many times longer."""
+    retrieval_miss_ratio: float = 0.0
+    """Share of searches that miss the chunks that answer the question."""
+    ungrounded_ratio: float = 0.0
+    """Share of answers that claim what the retrieved context does not say."""
+    incoherent_ratio: float = 0.0
+    """Share of answers that ramble, repeat themselves or contradict themselves."""
+    off_instruction_ratio: float = 0.0
+    """Share of answers that ignore the prompt template's instructions (no citations,
+    answers beyond the context)."""
+    output_token_factor: float = 1.0
+    """Model calls write this many times more tokens (and take longer to)."""
+    overflow_ratio: float = 0.0
+    """Share of model calls whose input fills the context window and whose answer is cut
+    off (finish reason `length`)."""
+    loop_repeats: int = 0
+    """The planner calls web_search again with the same arguments this many more times."""
+    tool_error_retries: int = 0
+    """web_search fails and the planner retries it with the same arguments this many
+    times before it gives up."""
+    attributes: tuple[tuple[str, str, AttributeValue], ...] = ()
 
     def combine(self, other: Effect) -> Effect:
-        """Both effects at once: latencies multiply, the larger error ratio wins."""
+        """Both effects at once: factors multiply, the larger ratio or count wins."""
         failing = other if other.error_ratio > self.error_ratio else self
-        return Effect(
-            latency_factor=self.latency_factor * other.latency_factor,
-            error_ratio=failing.error_ratio,
-            failure=failing.failure,
-        )
+        values: dict[str, object] = {}
+        for item in fields(Effect):
+            mine, theirs = getattr(self, item.name), getattr(other, item.name)
+            if item.name == "failure":
+                values[item.name] = failing.failure
+            elif item.name == "attributes":
+                values[item.name] = mine + theirs
+            elif item.name.endswith("_factor"):
+                values[item.name] = mine * theirs
+            else:
+                values[item.name] = max(mine, theirs)
+        return Effect(**values)  # type: ignore[arg-type]
 
 
 NO_EFFECT = Effect()
@@ -62,9 +101,15 @@ class Fault:
     latency_factor: float = 8.0
     error_ratio: float = 0.4
     failure: ModelFailure = field(default_factory=ModelFailure)
+    custom: Effect | None = None
+    """A scenario's fault (kind `scenario`): this effect, described by `label`."""
+    label: str = ""
 
     def __post_init__(self) -> None:
-        if self.kind not in FAULT_KINDS:
+        if self.kind == "scenario":
+            if self.custom is None:
+                raise ValueError("a scenario fault needs its effect")
+        elif self.kind not in FAULT_KINDS:
             raise ValueError(
                 f"unknown fault kind {self.kind!r}; known: {', '.join(FAULT_KINDS)}"
             )
@@ -77,12 +122,20 @@ class Fault:
             )
 
     def effect(self) -> Effect:
+        if self.custom is not None:
+            return self.custom
         if self.kind == "latency":
             return Effect(latency_factor=self.latency_factor)
         return Effect(error_ratio=self.error_ratio, failure=self.failure)
 
+    def title(self) -> str:
+        """The fault in a few words, e.g. `errors on rag-api`."""
+        return f"{self.label or self.kind} on {self.service}"
+
     def describe(self) -> str:
         """What the fault does, e.g. `errors on rag-api (40% of chat calls fail)`."""
+        if self.custom is not None:
+            return self.title()
         if self.kind == "latency":
             detail = f"chat calls {self.latency_factor:g}x slower"
         else:
@@ -95,25 +148,13 @@ class Fault:
         return f"{self.describe()} from +{self.start_s:g}s{until}"
 
 
-@dataclass(frozen=True, slots=True)
-class Scenario:
-    """A named, repeatable failure story: the faults it injects and when."""
-
-    name: str
-    description: str
-    faults: tuple[Fault, ...] = ()
-
-
-SCENARIOS: dict[str, Scenario] = {}
-"""The scenario library, by name; `simulate --list` prints it."""
-
-
 class FaultSchedule:
     """The faults of one run and their state: pending, active or stopped.
 
-    A fault stops at its `stop_s`, or when the control file is written with `fix` in it
-    while the fault is active. A control file that already exists when the run starts
-    counts only once it changes, so a file left from an earlier run stops nothing.
+    A fault stops at its `stop_s`, on `request_fix()`, or when the control file is written
+    with `fix` in it while the fault is active. A control file that already exists when
+    the run starts counts only once it changes, so a file left from an earlier run stops
+    nothing.
     """
 
     def __init__(
@@ -124,6 +165,11 @@ class FaultSchedule:
         self._control_file = control_file
         self._control_seen = self._control_signature()
         self._last_poll_s: float | None = None
+        self._fix_requested = False
+
+    def request_fix(self) -> None:
+        """Stop the active faults at the next update (SIGUSR1 calls this)."""
+        self._fix_requested = True
 
     @property
     def faults(self) -> list[Fault]:
@@ -146,7 +192,14 @@ class FaultSchedule:
                 and elapsed_s >= fault.stop_s
             ):
                 self._state[index] = "stopped"
-                changes.append(f"fault stopped: {fault.kind} on {fault.service} (--fix-at)")
+                changes.append(f"fault stopped: {fault.title()} (--fix-at)")
+
+        if self._fix_requested:
+            self._fix_requested = False
+            for index, fault in enumerate(self._faults):
+                if self._state[index] == "active":
+                    self._state[index] = "stopped"
+                    changes.append(f"fault stopped: {fault.title()} (on request)")
 
         if self._poll_due(elapsed_s):
             self._last_poll_s = elapsed_s
@@ -154,9 +207,7 @@ class FaultSchedule:
                 for index, fault in enumerate(self._faults):
                     if self._state[index] == "active":
                         self._state[index] = "stopped"
-                        changes.append(
-                            f"fault stopped: {fault.kind} on {fault.service} (control file)"
-                        )
+                        changes.append(f"fault stopped: {fault.title()} (control file)")
         return changes
 
     def effect(self, service: str) -> Effect:

@@ -34,6 +34,10 @@ RERANK_MODEL = "ms-marco-minilm-l-6-v2"
 CHAT_MODEL = "gpt-4o-mini"
 CHAT_RESPONSE_MODEL = "gpt-4o-mini-2024-07-18"
 COLLECTION = "orbit-kb-v3"
+PROMPT_NAME = "orbit-answer"
+PROMPT_VERSION = "7"
+CONTEXT_WINDOW = 128_000
+"""The chat model's context window in tokens."""
 TOP_K = 4
 TOP_N = 3
 CHAT_MIN_MS = 400
@@ -172,10 +176,10 @@ USER_AGENTS = (
 class RagPipeline:
     """Plans `rag-api` traces; the same seed gives the same sequence of traces."""
 
-    service = SERVICE
     version = VERSION
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, service: str = SERVICE) -> None:
+        self.service = service
         self._traces = random.Random(f"{seed}/{SERVICE}")
 
     def next_trace(self, effect: Effect = NO_EFFECT) -> PlannedSpan:
@@ -183,31 +187,80 @@ class RagPipeline:
         return plan_query(random.Random(self._traces.getrandbits(64)), effect)
 
 
+@dataclass(frozen=True, slots=True)
+class Rolls:
+    """The random draws that decide which of the active effects hit one request.
+
+    Drawn first and always in the same order, so a seed gives the same healthy traffic
+    whatever effects are active.
+    """
+
+    fault: float
+    latency_jitter: float
+    miss: float
+    ungrounded: float
+    incoherent: float
+    off_instruction: float
+    overflow: float
+
+    @classmethod
+    def draw(cls, rng: random.Random) -> Rolls:
+        return cls(
+            rng.random(),
+            rng.uniform(0.85, 1.15),
+            rng.random(),
+            rng.random(),
+            rng.random(),
+            rng.random(),
+            rng.random(),
+        )
+
+
 def plan_query(rng: random.Random, effect: Effect = NO_EFFECT) -> PlannedSpan:
     """One request through the pipeline: five spans, or three when the search times out."""
-    fault_roll = rng.random()
-    latency_jitter = rng.uniform(0.85, 1.15)
+    rolls = Rolls.draw(rng)
     retrieval_fails = rng.random() < HEALTHY_RETRIEVAL_ERROR_RATIO
     question = rng.choice(QUESTIONS)
+    missed = rolls.miss < effect.retrieval_miss_ratio
 
     embed = _embed(rng, question, start_ns=between_ms(rng, 0.3, 1.5))
-    documents = _search(rng, question)
-    retrieve = _retrieve(rng, question, documents, embed.end_ns + _gap(rng), retrieval_fails)
+    documents = _search(rng, question, missed)
+    retrieve = _retrieve(
+        rng,
+        question,
+        documents,
+        embed.end_ns + _gap(rng),
+        retrieval_fails,
+        effect.retrieval_latency_factor,
+    )
     root = _root(rng, [embed, retrieve])
     if retrieval_fails:
         return _finish_root(rng, root, 504, "vector search timed out")
 
     reranked = _rerank_order(rng, question, documents)
     rerank = _rerank(rng, documents, reranked, retrieve.end_ns + _gap(rng))
-    fails = fault_roll < effect.error_ratio
-    factor = effect.latency_factor * latency_jitter if effect.latency_factor != 1.0 else 1.0
-    chat = _chat(rng, question, reranked, rerank.end_ns + _gap(rng), factor)
+    fails = rolls.fault < effect.error_ratio
+    factor = effect.latency_factor
+    if factor != 1.0:
+        factor *= rolls.latency_jitter
+    answer = Answer(
+        text=question.answer if not missed else MISSED_ANSWER,
+        token_factor=effect.output_token_factor,
+        overflow=rolls.overflow < effect.overflow_ratio,
+    )
+    chat = _chat(rng, question, reranked, rerank.end_ns + _gap(rng), factor, answer)
     root.children += [rerank, chat]
     if fails:
         _fail_chat(rng, chat, effect)
         return _finish_root(rng, root, 502, f"model call failed: {effect.failure.message}")
 
-    _add_evaluations(rng, chat)
+    quality = Quality(
+        missed=missed,
+        ungrounded=rolls.ungrounded < effect.ungrounded_ratio,
+        incoherent=rolls.incoherent < effect.incoherent_ratio,
+        off_instruction=rolls.off_instruction < effect.off_instruction_ratio,
+    )
+    _add_evaluations(rng, chat, quality)
     return _finish_root(rng, root, 200, None)
 
 
@@ -275,12 +328,23 @@ class Document:
     score: float
 
 
-def _search(rng: random.Random, question: Question) -> list[Document]:
-    """The top-k chunks by vector similarity: the relevant ones first, then near misses."""
+def _search(rng: random.Random, question: Question, missed: bool = False) -> list[Document]:
+    """The top-k chunks by vector similarity: the relevant ones first, then near misses.
+
+    A search that `missed` (a stale index, query vectors from another embedding model)
+    returns near misses only, at lower similarity.
+    """
     others = [chunk for chunk in CHUNKS if chunk not in question.relevant]
     misses = rng.sample(others, TOP_K - len(question.relevant))
     hit_scores = sorted((rng.uniform(0.78, 0.94) for _ in question.relevant), reverse=True)
     miss_scores = sorted((rng.uniform(0.42, 0.68) for _ in misses), reverse=True)
+    if missed:
+        chosen = rng.sample(others, TOP_K)
+        scores = sorted((rng.uniform(0.31, 0.55) for _ in chosen), reverse=True)
+        return [
+            Document(chunk, CHUNKS[chunk], round(score, 4))
+            for chunk, score in zip(chosen, scores, strict=True)
+        ]
     return [
         Document(chunk, CHUNKS[chunk], round(score, 4))
         for chunk, score in zip(
@@ -295,8 +359,11 @@ def _retrieve(
     documents: list[Document],
     start_ns: int,
     fails: bool,
+    latency_factor: float = 1.0,
 ) -> PlannedSpan:
     duration = RETRIEVAL_TIMEOUT_MS * MS if fails else lognormal_ms(rng, 60, 0.4, 30, 120)
+    if not fails and latency_factor != 1.0:
+        duration = int(duration * latency_factor * rng.uniform(0.85, 1.15))
     span = PlannedSpan(
         "retrieve",
         "client",
@@ -366,20 +433,47 @@ def _rerank(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the model writes: the text, how many times longer, and whether the input
+    overflowed the context window so that the answer was cut off."""
+
+    text: str
+    token_factor: float = 1.0
+    overflow: bool = False
+
+
+MISSED_ANSWER = (
+    "I could not find this in the Orbit documentation. Please contact support with your "
+    "frame number."
+)
+
+
 def _chat(
     rng: random.Random,
     question: Question,
     documents: list[Document],
     start_ns: int,
     latency_factor: float,
+    answer: Answer | None = None,
 ) -> PlannedSpan:
+    answer = answer or Answer(question.answer)
     context = "\n".join(f"[{document.id}] {document.content}" for document in documents)
+    if answer.overflow:
+        context += "\n[truncated]"
     user = f"Context:\n{context}\n\nQuestion: {question.text}"
     first_chunk_ns = lognormal_ms(rng, 350, 0.45, 150, 1100)
-    output_tokens = estimate_tokens(question.answer)
+    output_tokens = max(1, round(estimate_tokens(answer.text) * answer.token_factor))
     decode_ns = int(output_tokens * rng.uniform(10.0, 25.0) * MS)
-    healthy_ns = min(max(first_chunk_ns + decode_ns, CHAT_MIN_MS * MS), CHAT_MAX_MS * MS)
+    ceiling_ms = CHAT_MAX_MS * max(1.0, answer.token_factor)
+    healthy_ns = min(max(first_chunk_ns + decode_ns, CHAT_MIN_MS * MS), int(ceiling_ms * MS))
     duration_ns = int(healthy_ns * latency_factor)
+    input_tokens = estimate_tokens(SYSTEM_PROMPT) + estimate_tokens(user) + 7
+    finish_reason = "stop"
+    if answer.overflow:
+        input_tokens = int(CONTEXT_WINDOW * rng.uniform(0.93, 0.995))
+        output_tokens = CONTEXT_WINDOW - input_tokens
+        finish_reason = "length"
     streamed = rng.random() < STREAM_RATIO
     usage_known = not (streamed and rng.random() < STREAM_WITHOUT_USAGE_RATIO)
 
@@ -396,13 +490,15 @@ def _chat(
             "gen_ai.request.max_tokens": 512,
             "gen_ai.request.stream": streamed,
             "gen_ai.output.type": "text",
+            "gen_ai.prompt.name": PROMPT_NAME,
+            "gen_ai.prompt.version": PROMPT_VERSION,
             "gen_ai.input.messages": input_messages(("system", SYSTEM_PROMPT), ("user", user)),
             "server.address": "api.openai.com",
             "server.port": 443,
             "gen_ai.response.model": CHAT_RESPONSE_MODEL,
             "gen_ai.response.id": f"chatcmpl-{random_id(rng, 24)}",
-            "gen_ai.response.finish_reasons": ["stop"],
-            "gen_ai.output.messages": output_messages(question.answer),
+            "gen_ai.response.finish_reasons": [finish_reason],
+            "gen_ai.output.messages": output_messages(answer.text, finish_reason),
         },
     )
     if streamed:
@@ -410,9 +506,7 @@ def _chat(
             first_chunk_ns * latency_factor / 1e9, 4
         )
     if usage_known:
-        span.attributes["gen_ai.usage.input_tokens"] = (
-            estimate_tokens(SYSTEM_PROMPT) + estimate_tokens(user) + 7
-        )
+        span.attributes["gen_ai.usage.input_tokens"] = input_tokens
         span.attributes["gen_ai.usage.output_tokens"] = output_tokens
     return span
 
@@ -434,12 +528,43 @@ def _fail_chat(rng: random.Random, chat: PlannedSpan, effect: Effect) -> None:
     mark_failed(chat, effect.failure.error_type, effect.failure.message)
 
 
-def _add_evaluations(rng: random.Random, chat: PlannedSpan) -> None:
+@dataclass(frozen=True, slots=True)
+class Quality:
+    """What went wrong with one answer, which its evaluation scores show."""
+
+    missed: bool = False
+    ungrounded: bool = False
+    incoherent: bool = False
+    off_instruction: bool = False
+
+    def means(self) -> dict[str, float]:
+        """The mean score each evaluator gives such an answer."""
+        relevance, groundedness, coherence = 0.87, 0.9, 0.88
+        if self.missed:
+            relevance, groundedness = 0.32, min(groundedness, 0.62)
+        if self.ungrounded:
+            groundedness = min(groundedness, 0.34)
+        if self.incoherent:
+            coherence = 0.36
+        if self.off_instruction:
+            relevance, groundedness = min(relevance, 0.52), min(groundedness, 0.55)
+        return {"relevance": relevance, "groundedness": groundedness, "coherence": coherence}
+
+
+EVALUATORS = (
+    ("relevance", 0.06, ("relevant", "not_relevant")),
+    ("groundedness", 0.05, ("grounded", "ungrounded")),
+    ("coherence", 0.05, ("coherent", "incoherent")),
+)
+
+
+def _add_evaluations(
+    rng: random.Random, chat: PlannedSpan, quality: Quality | None = None
+) -> None:
     """Online evaluator scores for the answer, as `gen_ai.evaluation.result` events."""
-    for name, mean, spread, labels in (
-        ("relevance", 0.87, 0.06, ("relevant", "not_relevant")),
-        ("groundedness", 0.9, 0.05, ("grounded", "ungrounded")),
-    ):
+    means = (quality or Quality()).means()
+    for name, spread, labels in EVALUATORS:
+        mean = means[name]
         score = round(min(1.0, max(0.0, rng.gauss(mean, spread))), 3)
         chat.events.append(
             PlannedEvent(

@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from proveai_agent.simulate import PlannedSpan
 from proveai_agent.simulate.agents import AgentSystem
-from proveai_agent.simulate.faults import FAULT_KINDS, SCENARIOS, Effect, Fault, FaultSchedule
+from proveai_agent.simulate.changes import ChangePlayer, agent_api
+from proveai_agent.simulate.faults import FAULT_KINDS, Effect, Fault, FaultSchedule
+from proveai_agent.simulate.library import Scenario, ScenarioError, scenarios, suffixed
 from proveai_agent.simulate.rag import RagPipeline
 
 if TYPE_CHECKING:
@@ -95,15 +97,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="stop the fault when FILE is written with 'fix' in it (read once a second)",
     )
-    parser.add_argument("--scenario", metavar="NAME", help="run a named failure scenario")
-    parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    parser.add_argument(
+        "--scenario", metavar="NAME", help="run a failure scenario of the library (--list)"
+    )
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help="print the scenarios, one a line: name, failure class, root-cause id",
+    )
+    parser.add_argument(
+        "--onset",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="start the scenario's failure this long after the start; default: the "
+        "scenario's own (its changes keep their times relative to it)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        metavar="DIR",
+        help="the services' files that a scenario edits, one folder per service "
+        "(DIR/rag-api, ...); point the agent's watch_files at them; default: a new "
+        "temporary folder",
+    )
+    parser.add_argument(
+        "--service-suffix",
+        metavar="TEXT",
+        help="append -TEXT to every service name, so that several runs share one agent",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Send traces until the duration ends or SIGINT/SIGTERM arrives; returns the exit code."""
+    try:
+        library = scenarios()
+    except ScenarioError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 1
     if args.list:
-        for scenario in SCENARIOS.values():
-            print(f"{scenario.name}  {scenario.description}")
+        for item in library.values():
+            print(f"{item.name} {item.failure_class} {item.root_cause}")
         return 0
 
     try:
@@ -113,10 +146,19 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    suffix = args.service_suffix
     sources: list[tuple[Source, float]] = [
-        (RagPipeline(seed), args.rate),
-        (AgentSystem(seed), args.rate * AGENT_RATE_SHARE),
+        (RagPipeline(seed, suffixed("rag-api", suffix)), args.rate),
+        (AgentSystem(seed, suffixed("research-agent", suffix)), args.rate * AGENT_RATE_SHARE),
     ]
+    player = None
+    if args.scenario is not None:
+        scenario = library[args.scenario]
+        onset = args.onset if args.onset is not None else scenario.onset_s
+        player = ChangePlayer(
+            scenario, onset, suffix, args.workdir, agent_api(args.agent, args.api_key)
+        )
+        print(_scenario_line(scenario, onset, player), flush=True)
     try:
         providers = {
             source.service: _provider(source, args.agent, args.api_key) for source, _ in sources
@@ -149,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
             )
             for source, rate in sources
         ]
-        _drive(streams, schedule, stop, args.duration)
+        _drive(streams, schedule, stop, args.duration, player)
     finally:
         for provider in providers.values():
             provider.shutdown()
@@ -161,15 +203,20 @@ def run(args: argparse.Namespace) -> int:
 def plan_faults(args: argparse.Namespace) -> tuple[Fault, ...]:
     """The faults the options ask for; raises UsageError for options that do not fit."""
     if args.scenario is not None:
-        if args.scenario not in SCENARIOS:
-            known = ", ".join(sorted(SCENARIOS)) or "none yet"
+        library = scenarios()
+        if args.scenario not in library:
+            known = ", ".join(library) or "none"
             raise UsageError(f"unknown scenario {args.scenario!r} (known: {known})")
-        if args.inject is not None or args.at is not None or args.fix_at is not None:
-            raise UsageError(
-                "a scenario brings its own faults: drop --inject, --at and --fix-at"
-            )
-        return SCENARIOS[args.scenario].faults
+        if args.inject is not None or args.at is not None:
+            raise UsageError("a scenario brings its own fault: drop --inject and --at")
+        scenario = library[args.scenario]
+        onset = args.onset if args.onset is not None else scenario.onset_s
+        if args.fix_at is not None and args.fix_at <= onset:
+            raise UsageError(f"--fix-at must come after the onset at +{onset:g}s")
+        return (scenario.fault(onset, args.service_suffix, args.fix_at),)
 
+    if args.onset is not None:
+        raise UsageError("--onset needs --scenario")
     if args.inject is None:
         if args.at is not None or args.fix_at is not None:
             raise UsageError("--at and --fix-at need --inject")
@@ -195,44 +242,102 @@ class _Stream:
         return self.arrivals.expovariate(self.rate)
 
 
+def _scenario_line(scenario: Scenario, onset: float, player: ChangePlayer) -> str:
+    return (
+        f"simulate: scenario {scenario.name} ({scenario.failure_class}, root cause "
+        f"{scenario.root_cause}); onset +{onset:g}s; {len(scenario.changes)} changes; "
+        f"files in {player.workdir}"
+    )
+
+
 def _drive(
     streams: list[_Stream],
     schedule: FaultSchedule,
     stop: threading.Event,
     duration: float | None,
+    player: ChangePlayer | None = None,
 ) -> None:
     """Send each stream's traces at its arrival times until `duration` ends or `stop` is set."""
     start = time.monotonic()
     for stream in streams:
         stream.next_s = stream.gap_s()
+    fix_requested = _fix_on_sigusr1(schedule)
 
-    while not stop.is_set():
-        elapsed = time.monotonic() - start
-        if duration is not None and elapsed >= duration:
-            return
-        for change in schedule.update(elapsed):
-            print(f"simulate: +{elapsed:.1f}s {change}", flush=True)
+    try:
+        while not stop.is_set():
+            elapsed = time.monotonic() - start
+            if duration is not None and elapsed >= duration:
+                return
+            _step(streams, schedule, player, elapsed)
+            wake = _next_wake(streams, schedule, player, duration)
+            stop.wait(max(0.0, wake - (time.monotonic() - start)))
+    finally:
+        if fix_requested is not None:
+            signal.signal(signal.SIGUSR1, fix_requested)
 
-        for stream in streams:
-            if stream.next_s <= elapsed:
-                _send(stream, schedule.effect(stream.source.service))
-                stream.next_s = max(stream.next_s, elapsed - MAX_LAG_S) + stream.gap_s()
 
-        wake = min(stream.next_s for stream in streams)
-        check = schedule.next_check_s()
+def _step(
+    streams: list[_Stream],
+    schedule: FaultSchedule,
+    player: ChangePlayer | None,
+    elapsed: float,
+) -> None:
+    """Play what is due at `elapsed`: changes, fault starts and stops, traces."""
+    if player is not None:
+        for line in player.play_due(elapsed):
+            print(f"simulate: +{elapsed:.1f}s {line}", flush=True)
+    for change in schedule.update(elapsed):
+        print(f"simulate: +{elapsed:.1f}s {change}", flush=True)
+
+    for stream in streams:
+        if stream.next_s <= elapsed:
+            service = stream.source.service
+            effect = schedule.effect(service)
+            if player is not None:
+                effect = effect.combine(Effect(attributes=player.attributes(service)))
+            _send(stream, effect)
+            stream.next_s = max(stream.next_s, elapsed - MAX_LAG_S) + stream.gap_s()
+
+
+def _next_wake(
+    streams: list[_Stream],
+    schedule: FaultSchedule,
+    player: ChangePlayer | None,
+    duration: float | None,
+) -> float:
+    wake = min(stream.next_s for stream in streams)
+    for check in (schedule.next_check_s(), player.next_s() if player else None):
         if check is not None:
             wake = min(wake, check)
-        if duration is not None:
-            wake = min(wake, duration)
-        stop.wait(max(0.0, wake - (time.monotonic() - start)))
+    if duration is not None:
+        wake = min(wake, duration)
+    return wake
+
+
+def _fix_on_sigusr1(schedule: FaultSchedule) -> Any:
+    """Make SIGUSR1 stop the active faults; returns the handler to restore, if one was set."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGUSR1, lambda *_: schedule.request_fix())
 
 
 def _send(stream: _Stream, effect: Effect) -> None:
     """Emit the next planned trace so that it ends now (and after the stream's previous one)."""
     plan = stream.source.next_trace(effect)
+    if effect.attributes:
+        _override(plan, effect.attributes)
     end_ns = max(time.time_ns(), stream.last_end_ns + 1)
     stream.last_end_ns = end_ns
     stream.emitter.emit(plan, end_ns - plan.end_ns)
+
+
+def _override(plan: PlannedSpan, attributes: tuple[tuple[str, str, Any], ...]) -> None:
+    """Set each (operation or span name, key, value) on the spans it matches."""
+    for span in plan.walk():
+        operation = span.attributes.get("gen_ai.operation.name")
+        for match, key, value in attributes:
+            if match in (operation, span.name):
+                span.attributes[key] = value
 
 
 class _Emitter:

@@ -48,9 +48,14 @@ class ChangeStore:
         return change
 
     async def list(
-        self, service: str | None = None, since: float | None = None, limit: int = 500
+        self,
+        service: str | None = None,
+        since: float | None = None,
+        limit: int = 500,
+        until: float | None = None,
     ) -> list[Change]:
-        """Changes, oldest first, of one service or all, at or after `since`."""
+        """Changes, oldest first, of one service or all, at or after `since` and at or
+        before `until`."""
         clauses: list[str] = []
         params: list[Any] = []
         if service:
@@ -59,6 +64,9 @@ class ChangeStore:
         if since is not None:
             clauses.append("at >= ?")
             params.append(since)
+        if until is not None:
+            clauses.append("at <= ?")
+            params.append(until)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         async with self._reader.execute(
             "SELECT id, at, service, kind, summary, before, after, source FROM changes"
