@@ -22,6 +22,7 @@ def agent_config(data_dir: Path, **overrides: Any) -> Config:
         data_dir=data_dir,
         api_keys=f"{OPERATOR_KEY},{READ_KEY}:read",
         scrape_interval_s=3600,
+        drift_warmup_s=0,
     )
     for key, value in overrides.items():
         setattr(config, key, value)

@@ -261,3 +261,39 @@ async def test_a_tail_regression_fires_on_p95_when_the_mean_rises_too(vm: VMHand
         ("latency_regression", "p95_s")
     ]
     assert signals[0].evidence["current"] == pytest.approx(3.0)
+
+
+async def test_a_few_outliers_past_a_bucket_edge_are_not_a_regression(vm: VMHandle) -> None:
+    # Baseline: 4 % of 2 calls/s at 1.2 s, the rest at 0.8 s: p95 0.5 + 0.5 * 114 / 115.2
+    # = 0.995 s, mean 0.816 s. Now 8 % at 1.2 s and 2 % at 10 s: of 120 calls 108 are at
+    # most 1 s and 117.6 at most 5 s, so p95 is 1 + 4 * (114 - 108) / 9.6 = 3.5 s (above
+    # 2 x 0.995) and the mean 1.016 s (1.245 x, enough to confirm a p95). But the share at
+    # or below 1 s fell only from 96 % to 90 %: 6 points, under the 10-point floor (four
+    # standard errors are less: over both periods, 3480 and 120 calls, p = 0.958 and
+    # 4 * sqrt(0.958 * 0.042 * (1/120 + 1/3480)) = 7.4 points). Nothing fires.
+    text = history(
+        ok=[(START, NOW, 2.0)],
+        latency=[
+            (START, CUT, [(1.92, 0.8), (0.08, 1.2)]),
+            (CUT, NOW, [(1.8, 0.8), (0.16, 1.2), (0.04, 10.0)]),
+        ],
+    )
+    assert await run(vm, text) == []
+
+
+async def test_every_call_four_times_slower_moves_the_whole_distribution(
+    vm: VMHandle,
+) -> None:
+    # 0.9 s calls now take 3.6 s: every one of the 120 calls left the ≤ 1 s bucket, a shift
+    # of 100 points at the 1 s bound; p95 goes from 0.975 s to 1 + 4 * 0.95 = 4.8 s.
+    text = history(
+        ok=[(START, NOW, 2.0)],
+        latency=[(START, CUT, [(2.0, 0.9)]), (CUT, NOW, [(2.0, 3.6)])],
+    )
+    (signal,) = await run(vm, text)
+    shift = signal.evidence["shift"]
+    assert signal.kind == "latency_regression"
+    assert shift["bound_s"] == 1.0
+    assert shift["shift"] == pytest.approx(1.0)
+    assert shift["slower_calls"] == pytest.approx(120, rel=0.02)
+    assert shift["moved"] is True

@@ -136,3 +136,22 @@ def test_each_kind_of_span_drifts_on_its_own():
     assert (
         change.summary == "gen_ai.request.model of embeddings changed from minilm to bge-small"
     )
+
+
+def test_values_in_use_side_by_side_are_learnt_during_the_warmup():
+    # Warm-up of 300 s from the first span (t = 1 s): a second model at t = 100 s is learnt;
+    # a third at t = 400 s, after the warm-up, is a change from the last one learnt.
+    drift = AttributeDrift(["gen_ai.request.model"], warmup_s=300)
+    assert drift.observe([span(1, **{"gen_ai.request.model": "gpt-4o"})]) == []
+    assert drift.observe([span(100, **{"gen_ai.request.model": "gpt-4o-mini"})]) == []
+    assert drift.observe([span(399, **{"gen_ai.request.model": "gpt-4o"})]) == []
+    (change,) = drift.observe([span(400, **{"gen_ai.request.model": "o3-mini"})])
+    assert (change.before, change.after, change.at) == ("gpt-4o-mini", "o3-mini", 400.0)
+
+
+def test_agents_of_one_service_drift_apart():
+    # Two agents of one service run different models: each is a baseline of its own.
+    drift = AttributeDrift(["gen_ai.request.model"])
+    planner = span(1, **{"gen_ai.request.model": "gpt-4o", "gen_ai.agent.name": "planner"})
+    writer = span(2, **{"gen_ai.request.model": "gpt-4o-mini", "gen_ai.agent.name": "writer"})
+    assert drift.observe([planner, writer]) == []

@@ -54,7 +54,7 @@ class Agent:
         self.metrics_registry = CollectorRegistry(auto_describe=False)
         self.metrics_registry.register(_Collector(self.metrics))
         self.hub = Hub()
-        self.drift = AttributeDrift(config.drift_keys)
+        self.drift = AttributeDrift(config.drift_keys, warmup_s=config.drift_warmup_s)
         self.patterns = TracePatterns(config.patterns)
         self._trend_due = 0.0
         self.prometheus = (

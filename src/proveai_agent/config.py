@@ -42,6 +42,9 @@ class DetectorConfig:
     latency_factor: float = 2.0
     latency_mad_k: float = 4.0
     latency_tail_mean_factor: float = 1.2
+    latency_min_slow_calls: int = 3
+    latency_min_shift: float = 0.1
+    latency_shift_k: float = 4.0
     error_ratio_min: float = 0.05
     error_mad_k: float = 4.0
 
@@ -166,6 +169,8 @@ class Config:
     retention_bytes: int = 2 * 1024**3
     exemplar_traces: int = 5
     drift_keys: list[str] = field(default_factory=lambda: list(DEFAULT_DRIFT_KEYS))
+    drift_warmup_s: float = 300.0
+    """Values an attribute takes in its first seconds are learnt, not recorded as changes."""
     # Files or folders whose content changes are recorded, each for a service:
     # [{"path": "/etc/rag/prompts", "service": "rag-api"}, ...]
     watch_files: list[dict[str, str]] = field(default_factory=list)

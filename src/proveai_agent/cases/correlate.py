@@ -32,7 +32,7 @@ CHANGE_LIFT = 0.15
 """How much the best-fitting change adds to a class score (before normalising)."""
 PROMPT_SHARE = 0.9
 """PROMPT_REGRESSION's share of the quality or behaviour class a prompt change precedes."""
-MAX_LISTED = 50
+MAX_LISTED = 100
 
 TOPIC_WORDS: dict[str, tuple[str, ...]] = {
     "prompt": ("prompt", "template", "instruction"),
@@ -176,10 +176,11 @@ def assess(
 
     Returns:
         The class scores (the strongest at 1) and the recent changes, the correlated
-        ones first, most strongly correlated first, then the rest newest first.
+        ones first, most strongly correlated first, then the service's own, then those
+        of other services, newest first within each.
     """
     base = base_scores(signals)
-    listed: list[tuple[float, float, dict[str, Any]]] = []
+    listed: list[tuple[tuple[float, bool, float], dict[str, Any]]] = []
     lift: dict[str, float] = {}
     prompt_change = False
     for change in changes:
@@ -195,7 +196,8 @@ def assess(
             "correlation": round(score, 3),
             "correlated": correlated,
         }
-        listed.append((score if correlated else -1.0, change.at, doc))
+        rank = (score if correlated else -1.0, change.service == service, change.at)
+        listed.append((rank, doc))
         if weight > 0:
             for failure_class in AFFINITY:
                 fit = weight * affinity(failure_class, found)
@@ -216,8 +218,8 @@ def assess(
         prompt = PROMPT_SHARE * behaviour + CHANGE_LIFT * lift.get("PROMPT_REGRESSION", 0.0)
         scores["PROMPT_REGRESSION"] = max(scores.get("PROMPT_REGRESSION", 0.0), prompt)
 
-    listed.sort(key=lambda item: (item[0], item[1]), reverse=True)
-    return _normalised(scores), [doc for _, _, doc in listed[:MAX_LISTED]]
+    listed.sort(key=lambda item: item[0], reverse=True)
+    return _normalised(scores), [doc for _, doc in listed[:MAX_LISTED]]
 
 
 def leading_class(scores: dict[str, float], fallback: str | None) -> str | None:

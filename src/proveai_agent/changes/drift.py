@@ -2,11 +2,12 @@
 
 A service's model, prompt template version or index version moving from one value to
 another is a change worth correlating with a failure. Values are tracked per service and
-per kind of span (its `gen_ai.operation.name`, else its name), so that a service whose
-embedding and chat calls name different models sees each move on its own; resource
-attributes are tracked for the whole service. Only a value never seen before counts:
-values that alternate (an A/B test, two models in use) are recorded once each, not on
-every switch.
+per kind of span (its `gen_ai.operation.name` and `gen_ai.agent.name`, else its name), so
+that a service whose embedding and chat calls name different models sees each move on its
+own; resource attributes are tracked for the whole service. Only a value never seen before
+counts, and only once the attribute has been watched for `warmup_s` (span time): the
+values a service uses side by side (two chat models, an A/B test) are learnt in that time
+and recorded once each afterwards at most, not on every switch.
 """
 
 from __future__ import annotations
@@ -25,12 +26,18 @@ class AttributeDrift:
     """Remembers the values each (service, key) took and reports the new ones as changes."""
 
     def __init__(
-        self, keys: Sequence[str] = DEFAULT_DRIFT_KEYS, max_services: int = 1000
+        self,
+        keys: Sequence[str] = DEFAULT_DRIFT_KEYS,
+        max_services: int = 1000,
+        warmup_s: float = 0.0,
     ) -> None:
         self.keys = tuple(keys)
         self.max_services = max_services
+        self.warmup_s = warmup_s
         # (service, scope, key) -> values seen, in the order they first appeared
         self._seen: dict[tuple[str, str, str], dict[str, float]] = {}
+        # (service, scope, key) -> when it was first seen, span time
+        self._started: dict[tuple[str, str, str], float] = {}
 
     def observe(self, spans: Iterable[Span]) -> list[Change]:
         """The changes these spans show, in the order their new values first appear."""
@@ -39,6 +46,9 @@ class AttributeDrift:
             for key in self.keys:
                 value = span.attributes.get(key)
                 scope = span.operation or span.name
+                agent = span.attributes.get("gen_ai.agent.name")
+                if isinstance(agent, str):
+                    scope = f"{scope} {agent}"
                 if value is None:
                     value, scope = span.resource.get(key), ""
                 if not isinstance(value, str | int | float) or isinstance(value, bool):
@@ -55,6 +65,7 @@ class AttributeDrift:
             if len(self._seen) >= self.max_services * len(self.keys):
                 return None  # bounded memory: a flood of services is not tracked further
             self._seen[(service, scope, key)] = {value: span.start_ns / 1e9}
+            self._started[(service, scope, key)] = span.start_ns / 1e9
             return None
         if value in seen:
             return None
@@ -63,6 +74,8 @@ class AttributeDrift:
             seen.pop(next(iter(seen)))
         at = span.start_ns / 1e9
         seen[value] = at
+        if at - self._started[(service, scope, key)] < self.warmup_s:
+            return None  # still learning the values in use
         return Change(
             at=at,
             service=service,

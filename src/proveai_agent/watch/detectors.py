@@ -12,6 +12,13 @@ median absolute deviation (MAD). With σ = 1.4826 × MAD (the MAD scaled to a st
   catches requests slower than the top bucket, where p95 is stuck at the top finite bound.
   p95 alone fires only when the mean rose at least `latency_tail_mean_factor` times too:
   inside coarse buckets p95 jumps when the share of calls above a bucket edge crosses 5 %.
+  Either fires only when the distribution moved, not a few outliers: at some bucket bound,
+  the share of the window's calls at or below it must lie below the baseline period's by
+  at least max(`latency_min_shift`, `latency_shift_k` × √(p(1−p)(1/n + 1/m))), p the
+  share over both periods, n and m their calls (the second term is `latency_shift_k`
+  standard errors of the difference of two shares: what chance reaches with samples that
+  small), and by at least `latency_min_slow_calls` calls. One timeout among a hundred
+  fast calls moves the mean; it hardly moves the distribution.
 
 Nothing fires with fewer than `min_calls` calls or less than `min_rps` in the current
 window, or with fewer than `min_baseline_points` baseline windows that had that much
@@ -82,13 +89,20 @@ class _Queries:
     errors_rate: str
     p95: str | None
     mean: str | None
+    buckets: str | None
+    base_buckets: str | None
 
     @classmethod
-    def build(cls, scheme: Scheme, window_s: int) -> _Queries:
+    def build(cls, scheme: Scheme, window_s: int, baseline_s: int) -> _Queries:
         by = f"{scheme.service_label}, {scheme.span_label}"
         w = f"{window_s}s"
-        p95 = mean = None
+        p95 = mean = buckets = base_buckets = None
         if scheme.duration:
+            buckets = f"sum by ({by}, le) (increase({scheme.duration_bucket}[{w}]))"
+            span_s = max(window_s, baseline_s - window_s)
+            base_buckets = (
+                f"sum by ({by}, le) (increase({scheme.duration_bucket}[{span_s}s] offset {w}))"
+            )
             p95 = (
                 f"histogram_quantile(0.95, sum by ({by}, le) "
                 f"(rate({scheme.duration_bucket}[{w}])))"
@@ -104,6 +118,8 @@ class _Queries:
             errors_rate=f"sum by ({by}) (rate({scheme.errors()}[{w}]))",
             p95=p95,
             mean=mean,
+            buckets=buckets,
+            base_buckets=base_buckets,
         )
 
 
@@ -119,6 +135,10 @@ class _Data:
     base_errors: dict[Labels, list[tuple[float, float]]]
     base_p95: dict[Labels, list[tuple[float, float]]]
     base_mean: dict[Labels, list[tuple[float, float]]]
+    buckets: dict[Labels, list[tuple[float, float]]]
+    """Per key, (upper bound in the scheme's unit, cumulative count) in the window."""
+    base_buckets: dict[Labels, list[tuple[float, float]]]
+    """The same over the whole baseline period."""
 
 
 async def _fetch(
@@ -137,13 +157,44 @@ async def _fetch(
             await source.query_range(promql, start, end, config.baseline_step_s), labels
         )
 
-    calls, errors, p95, mean = await asyncio.gather(
-        instant(q.calls), instant(q.errors), instant(q.p95), instant(q.mean)
+    async def buckets(promql: str | None) -> dict[Labels, list[tuple[float, float]]]:
+        found: dict[Labels, list[tuple[float, float]]] = {}
+        if not promql:
+            return found
+        rows = vector(await source.query(promql, now), (*labels, "le"))
+        for (service, span, le), count in rows.items():
+            try:
+                bound = float(le)
+            except ValueError:
+                continue
+            found.setdefault((service, span), []).append((bound, count or 0.0))
+        for rows_of_key in found.values():
+            rows_of_key.sort()
+        return found
+
+    calls, errors, p95, mean, counts, base_counts = await asyncio.gather(
+        instant(q.calls),
+        instant(q.errors),
+        instant(q.p95),
+        instant(q.mean),
+        buckets(q.buckets),
+        buckets(q.base_buckets),
     )
     base_rate, base_errors, base_p95, base_mean = await asyncio.gather(
         ranged(q.calls_rate), ranged(q.errors_rate), ranged(q.p95), ranged(q.mean)
     )
-    return _Data(calls, errors, p95, mean, base_rate, base_errors, base_p95, base_mean)
+    return _Data(
+        calls,
+        errors,
+        p95,
+        mean,
+        base_rate,
+        base_errors,
+        base_p95,
+        base_mean,
+        counts,
+        base_counts,
+    )
 
 
 async def evaluate(
@@ -154,7 +205,7 @@ async def evaluate(
     Raises:
         SourceError: when the source does not answer; `source.error` says so too.
     """
-    q = _Queries.build(scheme, config.window_s)
+    q = _Queries.build(scheme, config.window_s, config.baseline_s)
     data = await _fetch(source, scheme, q, now, config)
     signals: list[Signal] = []
     for key in sorted(data.calls):
@@ -308,9 +359,14 @@ def _latency_regression(ctx: _Context, data: _Data, busy: dict[float, float]) ->
             del firing["p95_s"]
     if not firing:
         return None
+    shift = _shift(ctx, data.buckets.get(ctx.key, []), data.base_buckets.get(ctx.key, []))
+    if shift is not None and not shift["moved"]:
+        return None
     statistic = max(firing, key=lambda s: firing[s]["ratio_to_threshold"] or math.inf)
     evidence = dict(firing[statistic])
     evidence["statistics"] = found
+    if shift is not None:
+        evidence["shift"] = shift
     evidence["query"] = _latency_query(ctx, statistic)
     evidence["queries"] = {
         "current": [ctx.queries.p95, ctx.queries.mean, ctx.queries.calls],
@@ -334,6 +390,54 @@ def _latency_regression(ctx: _Context, data: _Data, busy: dict[float, float]) ->
         ),
         evidence=evidence,
     )
+
+
+def _shift(
+    ctx: _Context, window: list[tuple[float, float]], baseline: list[tuple[float, float]]
+) -> dict[str, Any] | None:
+    """How far the window's latency distribution moved up from the baseline period's.
+
+    At each finite bucket bound, the drop of the share of calls at or below it, against
+    what chance allows there; the bound where the drop is largest against that is
+    reported. None when either period has no buckets to compare.
+    """
+    window_total = _total(window)
+    base_total = _total(baseline)
+    if not window_total or not base_total:
+        return None
+    config = ctx.config
+    base_below = {bound: count / base_total for bound, count in baseline}
+    best: dict[str, Any] | None = None
+    for bound, count in window:
+        if math.isinf(bound) or bound not in base_below:
+            continue
+        expected = base_below[bound]
+        share = count / window_total
+        pooled = (expected * base_total + count) / (base_total + window_total)
+        noise = math.sqrt(pooled * (1.0 - pooled) * (1 / window_total + 1 / base_total))
+        required = max(config.latency_min_shift, config.latency_shift_k * noise)
+        drop = expected - share
+        if best is None or drop / required > best["shift"] / best["required"]:
+            best = {
+                "shift": drop,
+                "required": required,
+                "bound_s": bound * ctx.scheme.to_seconds,
+                "share_at_or_below": share,
+                "baseline_share_at_or_below": expected,
+                "slower_calls": drop * window_total,
+            }
+    if best is None:
+        return None
+    # increase() extrapolates, so a share of exactly 10 % may read as 9.99999 %.
+    best["moved"] = (
+        best["shift"] >= best["required"] - 1e-9
+        and best["slower_calls"] >= config.latency_min_slow_calls - 1e-9
+    )
+    return best
+
+
+def _total(buckets: list[tuple[float, float]]) -> float:
+    return next((count for bound, count in buckets if math.isinf(bound)), 0.0)
 
 
 def _latency_query(ctx: _Context, statistic: str) -> str:
