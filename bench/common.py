@@ -49,10 +49,14 @@ class AgentProcess:
             self.proc.wait()
 
 
-def start_agent(*extra: str, data_dir: Path | None = None) -> AgentProcess:
-    """`proveai-agent serve` on a free loopback port with a fresh data directory."""
+def start_agent(
+    *extra: str, data_dir: Path | None = None, port: int | None = None
+) -> AgentProcess:
+    """`proveai-agent serve` on a loopback port (a free one by default) with a fresh data
+    directory."""
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="proveai-bench-"))
-    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
     env = {**os.environ, "PROVEAI_API_KEYS": KEY}
     log = open(data_dir / "agent.log", "ab")  # noqa: SIM115 - lives as long as the agent
     proc = subprocess.Popen(

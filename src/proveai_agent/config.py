@@ -169,7 +169,7 @@ class Config:
     retention_bytes: int = 2 * 1024**3
     exemplar_traces: int = 5
     drift_keys: list[str] = field(default_factory=lambda: list(DEFAULT_DRIFT_KEYS))
-    drift_warmup_s: float = 300.0
+    drift_warmup_s: float = 120.0
     """Values an attribute takes in its first seconds are learnt, not recorded as changes."""
     # Files or folders whose content changes are recorded, each for a service:
     # [{"path": "/etc/rag/prompts", "service": "rag-api"}, ...]
