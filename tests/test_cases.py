@@ -158,3 +158,55 @@ async def test_the_stream_pushes_a_case_when_it_opens(agent, http):
 async def test_the_stream_needs_a_key(agent, http):
     async with http.get(f"{agent.url}/api/stream") as r:
         assert r.status == 401
+
+
+def drift_signal(at: float) -> Signal:
+    return Signal(
+        kind="drift",
+        failure_class="LATENCY_REGRESS",
+        trigger="drift",
+        service="rag-api",
+        span_name=None,
+        at=at,
+        severity="low",
+        summary="mean latency 1.4 s over 6 h against 1.0 s over the week before",
+        subject="latency_mean_s",
+        advisory=True,
+    )
+
+
+async def test_slow_drift_opens_an_advisory_case_that_an_incident_turns_into_a_real_one(agent):
+    doc = await agent.case_service.on_signal(drift_signal(T0))
+    assert (doc["advisory"], doc["trigger"], doc["title"]) == (
+        True,
+        "drift",
+        "Slow drift in rag-api (latency_mean_s)",
+    )
+
+    joined = await agent.case_service.on_signal(signal(T0 + 60))
+    assert joined["id"] == doc["id"]
+    assert joined["advisory"] is False
+
+
+async def test_a_case_lists_the_changes_before_its_first_signal_and_marks_the_cause(agent):
+    # A model change on rag-api 30 s before a latency regression: time weight 1, the
+    # model topic's affinity to LATENCY_REGRESS 1, so correlation 1. A change of another
+    # service is listed, not marked; one after the first signal is not listed.
+    from proveai_agent.store.changes import Change
+
+    def change(at: float, service: str, summary: str) -> Change:
+        return Change(at, service, "deploy", summary, None, None, "api")
+
+    await agent.change_store.add(change(T0 - 30, "rag-api", "answer model gpt-4o-mini-2025"))
+    await agent.change_store.add(change(T0 - 20, "billing-api", "invoice layout"))
+    await agent.change_store.add(change(T0 + 5, "rag-api", "answer model rollback"))
+
+    doc = await agent.case_service.on_signal(signal(T0))
+
+    recent = [(c["service"], c["summary"], c["correlated"]) for c in doc["recent_changes"]]
+    assert recent == [
+        ("rag-api", "answer model gpt-4o-mini-2025", True),
+        ("billing-api", "invoice layout", False),
+    ]
+    assert doc["recent_changes"][0]["correlation"] == 1.0
+    assert doc["failure_class"] == "LATENCY_REGRESS"

@@ -695,6 +695,62 @@ def _parse(*options: str) -> argparse.Namespace:
     return parser.parse_args(list(options))
 
 
+def test_a_scenario_plays_its_fault_until_fix_at_and_reverts_its_planted_attribute(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    simulation = _run(
+        "--agent",
+        receiver.url,
+        "--seed",
+        "4",
+        "--rate",
+        "20",
+        "--duration",
+        "3",
+        "--scenario",
+        "latency-model-version",
+        "--onset",
+        "1",
+        "--fix-at",
+        "2",
+        "--workdir",
+        str(tmp_path),
+        "--service-suffix",
+        "t1",
+    )
+    started_ns = simulation.wait_for_line("fault started: model calls are four times slower")
+    stopped_ns = simulation.wait_for_line("(--fix-at)")
+    chats = [
+        span
+        for span in receiver.spans()
+        if span.service == "rag-api-t1" and span.span.name == "chat gpt-4o-mini"
+    ]
+    during = [c for c in chats if started_ns < c.span.end_time_unix_nano < stopped_ns]
+    after = [c for c in chats if c.span.end_time_unix_nano > stopped_ns + SECOND_NS // 5]
+
+    assert during and after
+    # The planted change: a new model snapshot, four times slower (0.4 s × 4 × 0.85 at least).
+    for chat in during:
+        assert chat.attributes["gen_ai.response.model"] == "gpt-4o-mini-2025-04-14"
+        assert chat.span.end_time_unix_nano - chat.span.start_time_unix_nano >= 1.36e9
+    for chat in after:
+        assert chat.attributes["gen_ai.response.model"] == "gpt-4o-mini-2024-07-18"
+    # The unrelated changes were played too: the file edit in the run's workspace.
+    logging = tmp_path / "rag-api-t1" / "config" / "logging.yaml"
+    assert "level: DEBUG" in logging.read_text()
+
+
+def test_a_scenario_refuses_inject_and_onset_needs_a_scenario(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert runner.run(_parse("--scenario", "latency-model-version", "--inject", "errors")) == 2
+    assert "drop --inject" in capsys.readouterr().err
+    assert runner.run(_parse("--onset", "5")) == 2
+    assert "--onset needs --scenario" in capsys.readouterr().err
+    assert runner.run(_parse("--scenario", "latency-model-version", "--fix-at", "5")) == 2
+    assert "--fix-at must come after the onset" in capsys.readouterr().err
+
+
 def test_list_prints_name_class_and_root_cause_of_every_scenario_folder(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
