@@ -80,7 +80,9 @@ class CaseService:
         self.cases = cases
         self.spans = spans
         self.changes = changes
-        self.change_doc = change_doc or _plain_change_doc
+        if changes is not None and change_doc is None:
+            raise ValueError("a change store needs change_doc, the changes' wire format")
+        self.change_doc = change_doc
         self.grouping_window_s = grouping_window_s
         self.exemplar_traces = exemplar_traces
         self.window_s = window_s
@@ -154,7 +156,7 @@ class CaseService:
         if self.changes is not None and first:
             changes = await self.changes.list(since=first - correlate.LOOKBACK_S, until=first)
         scores, recent = correlate.assess(
-            doc["service"], doc["signals"], first, changes, self.change_doc
+            doc["service"], doc["signals"], first, changes, self.change_doc or _no_doc
         )
         doc["class_scores"] = scores
         doc["failure_class"] = correlate.leading_class(scores, doc.get("failure_class"))
@@ -197,6 +199,10 @@ class CaseService:
         return doc
 
 
+def _no_doc(change: Change) -> dict[str, Any]:
+    return {"id": change.id}
+
+
 def _signal_doc(signal: Signal, at: str) -> dict[str, Any]:
     return {
         **signal.to_dict(),
@@ -205,19 +211,6 @@ def _signal_doc(signal: Signal, at: str) -> dict[str, Any]:
         "first_seen": at,
         "last_seen": at,
         "count": 1,
-    }
-
-
-def _plain_change_doc(change: Change) -> dict[str, Any]:
-    return {
-        "id": change.id,
-        "at": rfc3339(change.at),
-        "service": change.service,
-        "kind": change.kind,
-        "summary": change.summary,
-        "source": change.source,
-        "before": change.before,
-        "after": change.after,
     }
 
 
