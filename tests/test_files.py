@@ -51,8 +51,12 @@ async def test_a_burst_of_writes_to_one_file_is_one_change(agent_factory, http, 
     assert change["before"] == sha(ORIGINAL)
     assert change["after"] == sha(EDITED)
     assert change["source"].endswith("prompts/answer.txt")
-    # By hand: lines 2 and 3 replaced and one added: 3 added, 2 removed.
-    assert change["summary"] == "answer.txt: 5 lines changed (+3 -2)"
+    # By hand: lines 2 and 3 replaced and one added: 3 added, 2 removed; the first four
+    # changed lines are quoted in diff order.
+    assert change["summary"] == (
+        "answer.txt: 5 lines changed (+3 -2): -Answer from the context. | -Cite the chunk ids."
+        " | +Answer briefly from the context. | +Cite the ids."
+    )
 
 
 async def test_a_write_that_keeps_the_content_records_nothing(agent_factory, http, tmp_path):

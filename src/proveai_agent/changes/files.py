@@ -24,6 +24,10 @@ from ..store.changes import Change
 logger = logging.getLogger(__name__)
 
 MAX_READ_BYTES = 4 * 1024 * 1024
+SHOWN_LINES = 4
+"""A change's summary quotes this many of its changed lines..."""
+SHOWN_CHARS = 60
+"""...each cut to this many characters, so that what changed can be read and matched."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +64,23 @@ def _summary(path: Path, before: _Content | None, after: _Content | None) -> str
         return f"{path.name} deleted"
     if before.text is not None and after.text is not None:
         added = removed = 0
+        shown: list[str] = []
         for line in difflib.unified_diff(before.text, after.text, lineterm="", n=0):
-            if line.startswith("+") and not line.startswith("+++"):
+            if line.startswith(("+++", "---", "@@")):
+                continue
+            if line.startswith("+"):
                 added += 1
-            elif line.startswith("-") and not line.startswith("---"):
+            elif line.startswith("-"):
                 removed += 1
-        return f"{path.name}: {added + removed} lines changed (+{added} -{removed})"
+            else:
+                continue
+            if len(shown) < SHOWN_LINES and line[1:].strip():
+                text = " ".join(line[1:].split())
+                shown.append(
+                    line[0] + (text[:SHOWN_CHARS] + "…" if len(text) > SHOWN_CHARS else text)
+                )
+        quoted = f": {' | '.join(shown)}" if shown else ""
+        return f"{path.name}: {added + removed} lines changed (+{added} -{removed}){quoted}"
     return f"{path.name}: {after.size - before.size:+d} bytes"
 
 
