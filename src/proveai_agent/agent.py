@@ -14,10 +14,11 @@ from prometheus_client import CollectorRegistry
 from .api.app import make_app
 from .api.auth import KeyRing
 from .api.routes import change_doc
-from .cases.service import CaseService, rfc3339, summary
+from .cases.service import CaseService, parse_case_id, rfc3339, summary
 from .changes.drift import AttributeDrift
 from .changes.files import FileWatcher, WatchedPath
 from .config import Config
+from .engine.service import Engine
 from .hub import Hub
 from .metrics.derive import SpanMetrics
 from .signals import Signal
@@ -92,6 +93,12 @@ class Agent:
             change_doc=change_doc,
         )
         self.case_service.listeners.append(self._publish_case)
+        self.engine = Engine(
+            self._load_case,
+            self._signal_stages,
+            self.case_service.attach_analysis,
+            self.config.engine,
+        )
         if not len(self.keys):
             logger.warning("no API keys configured: every request except open routes gets 401")
         self._runner = web.AppRunner(
@@ -108,6 +115,7 @@ class Agent:
         self.url = f"http://{self.config.host}:{port}"
         logger.info("listening on %s, data in %s", self.url, self.config.data_dir)
         self._tasks.append(asyncio.create_task(self._watch_loop(), name="watch"))
+        self._tasks.append(asyncio.create_task(self.engine.run(), name="engine"))
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
         self._tasks.append(asyncio.create_task(self._checkpoint_loop(), name="checkpoint"))
         if self.config.watch_files:
@@ -165,6 +173,19 @@ class Agent:
         self._overview_cache[range_s] = (now, data)
         return data
 
+    async def _load_case(self, case_id: str) -> dict[str, Any] | None:
+        number = parse_case_id(case_id)
+        return await self.case_store.get(number) if number is not None else None
+
+    async def _signal_stages(self, doc: dict[str, Any]) -> set[str]:
+        """The operations of the spans a case's signals are about, around its first signal."""
+        first = float(doc.get("first_signal_at") or time.time())
+        names = sorted({s["span_name"] for s in doc.get("signals", []) if s.get("span_name")})
+        found = await self.span_store.operations(
+            doc["service"], names, int((first - 900) * 1e9), int((first + 60) * 1e9)
+        )
+        return set(found.values())
+
     async def _publish_case(self, doc: dict[str, Any]) -> None:
         self.hub.publish("case", summary(doc))
 
@@ -183,7 +204,8 @@ class Agent:
         found = self.patterns.evaluate(now)
         found += await self._metric_signals(now)
         for signal in found:
-            await self.case_service.on_signal(signal)
+            doc = await self.case_service.on_signal(signal)
+            self.engine.submit(doc["id"])
         if len(self.hub):
             self.hub.publish("overview", await self.overview(900))
 

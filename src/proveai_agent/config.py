@@ -150,6 +150,21 @@ class PatternConfig:
 
 
 @dataclass
+class EngineConfig:
+    """How the remediation engine runs (engine/service.py)."""
+
+    reanalyse_s: float = 30.0
+    """A case whose signals keep coming is analysed again at most this often."""
+    model_weight: float = 0.1
+    """How far the model's choice may lift a cause's score (a share of it); low for small
+    models, whose choice says little."""
+    model_timeout_s: float = 15.0
+    """The model's answer is given up after this long; the evidence ranking stands."""
+    kb_weight: float = 0.15
+    """How far a similar resolved case lifts its cause's evidence score."""
+
+
+@dataclass
 class Config:
     listen: str = "127.0.0.1:8470"
     data_dir: Path = field(default_factory=default_data_dir)
@@ -178,6 +193,7 @@ class Config:
     quality: QualityConfig = field(default_factory=QualityConfig)
     patterns: PatternConfig = field(default_factory=PatternConfig)
     trend: TrendConfig = field(default_factory=TrendConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     trend_interval_s: float = 300.0
     """How often the slow-drift detector runs; it reads a week of history each time."""
 

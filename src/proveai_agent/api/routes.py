@@ -210,6 +210,7 @@ def setup(app: web.Application, agent: Agent) -> None:
         doc = await agent.case_service.open_manual(trace_id.lower(), title.strip())
         if doc is None:
             return error(404, f"no stored trace {trace_id.lower()}")
+        agent.engine.submit(doc["id"])
         return web.json_response(doc, status=201)
 
     @routes.post("/api/changes")

@@ -149,6 +149,27 @@ class CaseService:
         if SEVERITY_ORDER.index(signal.severity) > SEVERITY_ORDER.index(doc["severity"]):
             doc["severity"] = signal.severity
 
+    async def attach_analysis(self, case_id: str, analysis: dict[str, Any]) -> None:
+        """Store the engine's analysis in a case, as it is now (signals may have joined)."""
+        number = parse_case_id(case_id)
+        if number is None:
+            return
+        async with self._lock:
+            doc = await self.cases.get(number)
+            if doc is None:
+                return
+            for key in ("hypotheses", "remediation_suggestions", "narrative", "analysis"):
+                doc[key] = analysis[key]
+            now = time.time()
+            doc["updated_at"] = rfc3339(now)
+            verdict = analysis["analysis"]["verdict"]
+            doc["timeline"].append(
+                {"at": doc["updated_at"], "type": "analysis", "summary": verdict}
+            )
+            await self.cases.update(number, doc, now)
+        for listener in self.listeners:
+            await listener(doc)
+
     async def _assess(self, doc: dict[str, Any]) -> None:
         """Class scores, leading class and recent changes, from signals and change log."""
         first = float(doc.get("first_signal_at") or 0.0)

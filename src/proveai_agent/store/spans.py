@@ -373,6 +373,22 @@ class SpanStore:
                 span["scores"].setdefault(str(item.get("name")), item["value"])
         return spans
 
+    async def operations(
+        self, service: str, names: list[str], since_ns: int, until_ns: int
+    ) -> dict[str, str]:
+        """The GenAI operation (or else the span kind) of each named span of a service."""
+        if not names:
+            return {}
+        marks = ",".join("?" for _ in names)
+        query = (
+            "SELECT name, COALESCE(MAX(operation), MAX(kind)) FROM spans"
+            f" WHERE service = ? AND start_ns >= ? AND start_ns <= ? AND name IN ({marks})"
+            " GROUP BY name"
+        )
+        async with self._reader.execute(query, (service, since_ns, until_ns, *names)) as cur:
+            rows = await cur.fetchall()
+        return {str(name): str(operation) for name, operation in rows if operation}
+
     async def exemplar_trace_ids(
         self,
         service: str,
