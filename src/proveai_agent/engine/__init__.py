@@ -1,0 +1,1 @@
+"""The remediation engine: from an open case to ranked root causes and suggested fixes."""
