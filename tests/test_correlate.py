@@ -153,3 +153,14 @@ def test_no_signals_give_no_scores_and_mark_nothing() -> None:
     scores, recent = assess("rag-api", [], T, [edit], doc)
     assert scores == {}
     assert recent[0]["correlated"] is False
+
+
+def test_words_count_at_the_start_of_a_word_only_and_the_service_name_says_nothing() -> None:
+    # "research" holds "search" but is no search; the service's own name is left out too.
+    marker = change(T, "deploy", "api", "research-agent 0.9.2: keep the whole history")
+    marker.service = "research-agent"
+    assert topics(marker) == {"deploy", "context"}
+    assert topics(change(T, "deploy", "api", "web_search client 2.0")) == {
+        "deploy",
+        "retrieval",
+    }

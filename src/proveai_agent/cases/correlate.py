@@ -14,6 +14,7 @@ key), its summary and, for a deploy marker, its kind.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import PurePath
 from typing import Any
@@ -116,13 +117,18 @@ def topics(change: Change) -> set[str]:
     if change.kind == "file":
         parts = PurePath(source).parts
         source = "/".join(parts[-2:])
-    text = f"{source} {change.summary}".lower()
-    found = {
-        topic for topic, words in TOPIC_WORDS.items() if any(word in text for word in words)
-    }
+    # The service's own name says nothing of the change ("research-agent" is no search).
+    text = f"{source} {change.summary}".lower().replace(change.service.lower(), " ")
+    found = {topic for topic, words in TOPIC_WORDS.items() if any(has(text, w) for w in words)}
     if change.kind == "deploy":
         found.add("deploy")
     return found
+
+
+def has(text: str, word: str) -> bool:
+    """Whether a word (or a word's beginning, such as "retriev") starts a word of `text`:
+    "search" is in "vector search" and "web_search", not in "research"."""
+    return re.search(r"(?<![a-z0-9])" + re.escape(word), text) is not None
 
 
 def affinity(failure_class: str, found: Iterable[str]) -> float:

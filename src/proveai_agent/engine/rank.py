@@ -31,6 +31,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from ..cases import correlate
+from ..cases.correlate import has
 
 CATALOGUE = Path(__file__).with_name("causes.toml")
 MIN_CONFIDENCE = 0.5
@@ -58,6 +59,7 @@ class Cause:
     stages: tuple[str, ...] = ()
     loop: str | None = None
     no_change: bool = False
+    kinds: tuple[str, ...] = ()
 
 
 @cache
@@ -83,6 +85,7 @@ def catalogue(path: Path = CATALOGUE) -> tuple[Cause, ...]:
                     stages=tuple(item.get("stages", ())),
                     loop=item.get("loop"),
                     no_change=bool(item.get("no_change", False)),
+                    kinds=tuple(item.get("kinds", ())),
                 )
             )
         except KeyError as missing:
@@ -222,21 +225,26 @@ def _discriminator(first: Cause, second: Cause) -> str:
 
 
 def _change_text(change: dict[str, Any]) -> str:
+    """What a change says, without its service's name ("research-agent" is no search)."""
     source = str(change.get("source") or "")
     if change.get("kind") == "file":
         source = "/".join(PurePath(source).parts[-2:])
-    return f"{source} {change.get('summary') or ''}".lower()
+    text = f"{source} {change.get('summary') or ''}".lower()
+    service = str(change.get("service") or "").lower()
+    return text.replace(service, " ") if service else text
 
 
 def _explains(cause: Cause, change: dict[str, Any]) -> bool:
+    if cause.kinds and change.get("kind") not in cause.kinds:
+        return False
     text = _change_text(change)
     if change.get("kind") == "attribute" and change.get("source") in cause.keys:
         summary = str(change.get("summary") or "").lower()
         if not cause.scopes or any(f" of {scope}" in summary for scope in cause.scopes):
             return True
-    if not cause.words or not any(word in text for word in cause.words):
+    if not cause.words or not any(has(text, word) for word in cause.words):
         return False
-    return not any(word in text for word in cause.unless)
+    return not any(has(text, word) for word in cause.unless)
 
 
 def _change_fit(cause: Cause, evidence: Evidence) -> tuple[float, list[dict[str, Any]]]:
