@@ -18,6 +18,7 @@ from .cases.service import CaseService, parse_case_id, rfc3339, summary
 from .changes.drift import AttributeDrift
 from .changes.files import FileWatcher, WatchedPath
 from .config import Config
+from .engine.kb import KnowledgeBase
 from .engine.service import Engine
 from .hub import Hub
 from .metrics.derive import SpanMetrics
@@ -74,6 +75,7 @@ class Agent:
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
         self.file_watcher: FileWatcher | None = None
+        self.knowledge: KnowledgeBase | None = None
 
     async def start(self) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..cases.service import parse_case_id, rfc3339, summary
+from ..engine.service import signature_of
 from ..store.changes import KINDS, Change
 
 if TYPE_CHECKING:
@@ -212,6 +213,30 @@ def setup(app: web.Application, agent: Agent) -> None:
             return error(404, f"no stored trace {trace_id.lower()}")
         agent.engine.submit(doc["id"])
         return web.json_response(doc, status=201)
+
+    @routes.post("/api/cases/{case_id}/feedback")
+    async def feedback(request: web.Request) -> web.Response:
+        body = await json_body(request, limit=64 * 1024)
+        suggestion_id, helpful = body.get("suggestion_id"), body.get("helpful")
+        actor = _text(body, "actor", 200, required=True)
+        note = _text(body, "note", 2000, required=False)
+        if not isinstance(suggestion_id, str) or not isinstance(helpful, bool):
+            return error(400, "suggestion_id (a string) and helpful (true or false) are needed")
+        try:
+            doc = await agent.case_service.feedback(
+                request.match_info["case_id"], suggestion_id, helpful, actor or "", note
+            )
+        except LookupError as exc:
+            return error(404, str(exc.args[0]))
+        if agent.knowledge is not None:
+            cause = next(
+                s["cause_id"]
+                for s in doc["remediation_suggestions"]
+                if s["id"] == suggestion_id
+            )
+            signature = (doc.get("analysis") or {}).get("signature") or signature_of(doc)
+            await agent.knowledge.feedback(signature, cause, helpful, doc["id"])
+        return web.json_response(doc)
 
     @routes.post("/api/changes")
     async def add_change(request: web.Request) -> web.Response:

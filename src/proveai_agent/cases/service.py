@@ -170,6 +170,35 @@ class CaseService:
         for listener in self.listeners:
             await listener(doc)
 
+    async def feedback(
+        self, case_id: str, suggestion_id: str, helpful: bool, actor: str, note: str | None
+    ) -> dict[str, Any]:
+        """Record an engineer's verdict on a suggestion; raises LookupError for an unknown
+        case or suggestion."""
+        number = parse_case_id(case_id)
+        async with self._lock:
+            doc = await self.cases.get(number) if number is not None else None
+            if doc is None:
+                raise LookupError(f"no case {case_id}")
+            if not any(s["id"] == suggestion_id for s in doc["remediation_suggestions"]):
+                raise LookupError(f"{case_id} has no suggestion {suggestion_id}")
+            now = time.time()
+            doc["updated_at"] = rfc3339(now)
+            event = {
+                "at": doc["updated_at"],
+                "type": "feedback",
+                "suggestion_id": suggestion_id,
+                "helpful": helpful,
+                "actor": actor,
+            }
+            if note:
+                event["note"] = note
+            doc["timeline"].append(event)
+            await self.cases.update(number, doc, now)  # type: ignore[arg-type]
+        for listener in self.listeners:
+            await listener(doc)
+        return doc
+
     async def _assess(self, doc: dict[str, Any]) -> None:
         """Class scores, leading class and recent changes, from signals and change log."""
         first = float(doc.get("first_signal_at") or 0.0)

@@ -82,6 +82,20 @@ MIGRATIONS: list[str] = [
     CREATE INDEX changes_service_at ON changes (service, at);
     CREATE INDEX changes_at ON changes (at);
     """,
+    """
+    CREATE TABLE kb_entries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        signature TEXT NOT NULL,
+        cause_id TEXT NOT NULL,
+        fix TEXT NOT NULL,
+        source TEXT NOT NULL,
+        weight REAL NOT NULL,
+        model TEXT NOT NULL,
+        vector BLOB NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX kb_entries_cause ON kb_entries (cause_id);
+    """,
 ]
 
 
