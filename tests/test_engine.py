@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from agentfix import OPERATOR_KEY, READ_KEY
 from proveai_agent.cases.service import rfc3339
 from proveai_agent.config import EngineConfig
 from proveai_agent.engine import rank
@@ -271,3 +272,97 @@ async def test_a_case_opened_by_the_agent_gets_its_analysis_attached(agent) -> N
     assert stored["hypotheses"][0]["cause_id"] == "quantized-model-rollout"
     assert stored["timeline"][-1]["type"] == "analysis"
     assert stored["remediation_suggestions"][0]["action"].startswith("Roll back")
+
+
+async def opened_with_suggestion(agent) -> dict[str, Any]:
+    await agent.change_store.add(
+        Change(
+            T - 40,
+            "rag-api",
+            "deploy",
+            "rag-api 1.5.0: 4-bit quantised model",
+            None,
+            None,
+            "api",
+        )
+    )
+    doc = await agent.case_service.on_signal(
+        Signal(
+            kind="score_drop",
+            failure_class="COHERENCE_DEGRADATION",
+            trigger="quality_drop",
+            service="rag-api",
+            span_name=None,
+            at=T,
+            severity="high",
+            summary="coherence 0.52 against 0.88",
+            subject="coherence",
+        )
+    )
+    agent.engine.submit(doc["id"])
+    await asyncio.wait_for(agent.engine.idle.wait(), 10)
+    stored = await agent.case_store.get(1)
+    assert stored is not None
+    return stored
+
+
+async def test_feedback_on_a_suggestion_is_kept_in_the_case_timeline(agent, http) -> None:
+    doc = await opened_with_suggestion(agent)
+    suggestion = doc["remediation_suggestions"][0]["id"]
+    body = {"suggestion_id": suggestion, "helpful": False, "actor": "ana", "note": "no build"}
+    async with http.post(
+        f"{agent.url}/api/cases/CASE-1/feedback", json=body, headers={"X-API-Key": OPERATOR_KEY}
+    ) as response:
+        assert response.status == 200
+        answer = await response.json()
+    event = answer["timeline"][-1]
+    assert (event["type"], event["suggestion_id"], event["helpful"], event["actor"]) == (
+        "feedback",
+        suggestion,
+        False,
+        "ana",
+    )
+    assert event["note"] == "no build"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"helpful": True, "actor": "ana"}, 400, "suggestion_id"),
+        ({"suggestion_id": "CASE-1-S1", "helpful": "yes", "actor": "ana"}, 400, "helpful"),
+        ({"suggestion_id": "CASE-1-S1", "helpful": True}, 400, "actor"),
+        ({"suggestion_id": "CASE-1-S9", "helpful": True, "actor": "ana"}, 404, "no suggestion"),
+        ({"suggestion_id": "x", "helpful": True, "actor": "a" * 201}, 400, "actor"),
+    ],
+)
+async def test_bad_feedback_is_refused_and_changes_nothing(
+    agent, http, body: dict[str, Any], status: int, message: str
+) -> None:
+    before = await opened_with_suggestion(agent)
+    async with http.post(
+        f"{agent.url}/api/cases/CASE-1/feedback", json=body, headers={"X-API-Key": OPERATOR_KEY}
+    ) as response:
+        assert response.status == status
+        assert message in (await response.json())["error"]
+    after = await agent.case_store.get(1)
+    assert after is not None and after["timeline"] == before["timeline"]
+
+
+async def test_feedback_needs_an_operator_key_and_a_known_case(agent, http) -> None:
+    await opened_with_suggestion(agent)
+    body = {"suggestion_id": "CASE-1-S1", "helpful": True, "actor": "ana"}
+    url = f"{agent.url}/api/cases/CASE-1/feedback"
+    async with http.post(url, json=body, headers={"X-API-Key": READ_KEY}) as response:
+        assert response.status == 403
+    async with http.post(url, data=b"[1, 2", headers={"X-API-Key": OPERATOR_KEY}) as response:
+        assert response.status == 400
+    async with http.post(
+        url, data=b" " * (65 * 1024), headers={"X-API-Key": OPERATOR_KEY}
+    ) as response:
+        assert response.status == 413
+    async with http.post(
+        f"{agent.url}/api/cases/CASE-99/feedback",
+        json=body,
+        headers={"X-API-Key": OPERATOR_KEY},
+    ) as response:
+        assert response.status == 404

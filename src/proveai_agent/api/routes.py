@@ -218,8 +218,11 @@ def setup(app: web.Application, agent: Agent) -> None:
     async def feedback(request: web.Request) -> web.Response:
         body = await json_body(request, limit=64 * 1024)
         suggestion_id, helpful = body.get("suggestion_id"), body.get("helpful")
-        actor = _text(body, "actor", 200, required=True)
-        note = _text(body, "note", 2000, required=False)
+        try:
+            actor = _text(body, "actor", 200, required=True)
+            note = _text(body, "note", 2000, required=False)
+        except ValueError as exc:
+            return error(400, str(exc))
         if not isinstance(suggestion_id, str) or not isinstance(helpful, bool):
             return error(400, "suggestion_id (a string) and helpful (true or false) are needed")
         try:
