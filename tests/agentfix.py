@@ -24,6 +24,8 @@ def agent_config(data_dir: Path, **overrides: Any) -> Config:
         scrape_interval_s=3600,
         drift_warmup_s=0,
     )
+    # Models are loaded only where a test asks for them.
+    config.engine.reasoning_model = config.engine.embedding_model = None
     for key, value in overrides.items():
         setattr(config, key, value)
     return config

@@ -18,6 +18,7 @@ from .cases.service import CaseService, parse_case_id, rfc3339, summary
 from .changes.drift import AttributeDrift
 from .changes.files import FileWatcher, WatchedPath
 from .config import Config
+from .engine import local as local_models
 from .engine.kb import KnowledgeBase
 from .engine.service import Engine
 from .hub import Hub
@@ -27,6 +28,7 @@ from .spans import Batch
 from .store import db
 from .store.cases import CaseStore
 from .store.changes import Change, ChangeStore
+from .store.kb import KbStore
 from .store.spans import SpanStore
 from .watch import detectors, quality, trend
 from .watch.overview import overview as build_overview
@@ -76,6 +78,7 @@ class Agent:
         self.url: str | None = None
         self.file_watcher: FileWatcher | None = None
         self.knowledge: KnowledgeBase | None = None
+        self.model_problems: dict[str, str] = {}
 
     async def start(self) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -118,6 +121,7 @@ class Agent:
         logger.info("listening on %s, data in %s", self.url, self.config.data_dir)
         self._tasks.append(asyncio.create_task(self._watch_loop(), name="watch"))
         self._tasks.append(asyncio.create_task(self.engine.run(), name="engine"))
+        self._tasks.append(asyncio.create_task(self._load_models(), name="models"))
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
         self._tasks.append(asyncio.create_task(self._checkpoint_loop(), name="checkpoint"))
         if self.config.watch_files:
@@ -174,6 +178,24 @@ class Agent:
         )
         self._overview_cache[range_s] = (now, data)
         return data
+
+    async def _load_models(self) -> None:
+        """Load the engine's models in the background: the agent serves meanwhile."""
+        config = self.config.engine
+        if not (config.reasoning_model or config.embedding_model):
+            return
+        loaded = await asyncio.to_thread(local_models.load, config)
+        self.model_problems = loaded.problems or {}
+        if loaded.embedder is not None:
+            knowledge = KnowledgeBase(KbStore(self._writer, self._reader), loaded.embedder)
+            try:
+                await knowledge.load()
+            except Exception as error:
+                self.model_problems["knowledge_base"] = str(error)[:300]
+                logger.warning("knowledge base not loaded: %s", error)
+            else:
+                self.knowledge = self.engine.memory = knowledge
+        self.engine.reasoner = loaded.reasoner
 
     async def _load_case(self, case_id: str) -> dict[str, Any] | None:
         number = parse_case_id(case_id)

@@ -162,6 +162,17 @@ class EngineConfig:
     """The model's answer is given up after this long; the evidence ranking stands."""
     kb_weight: float = 0.15
     """How far a similar resolved case lifts its cause's evidence score."""
+    reasoning_model: str | None = "auto"
+    """A manifest name, a GGUF path a manifest lists, "auto" (the one set-up installed)
+    or None (evidence ranking alone)."""
+    embedding_model: str | None = "auto"
+    """The same for the knowledge base's embeddings; None leaves the knowledge base out."""
+    model_store: str | None = None
+    """Where set-up puts models; default $XDG_DATA_HOME/proveai/models."""
+    model_threads: int = 1
+    """CPU threads of each model; 1 keeps ingest responsive on a small machine."""
+    model_ctx: int = 2048
+    """The reasoning model's context in tokens (at most its own)."""
 
 
 @dataclass

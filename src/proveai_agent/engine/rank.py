@@ -177,7 +177,9 @@ def rank(evidence: Evidence, kb_weight: float = 0.15) -> list[Scored]:
             "knowledge_base": evidence.kb_lift.get(cause.id, 0.0),
         }
         score = 0.5 * fits["change"] + 0.25 * fits["signal"] + 0.25 * fits["detail"]
-        score = min(1.0, score + kb_weight * fits["knowledge_base"])
+        # The knowledge base may take a score past 1: a cause both the evidence and past
+        # cases point to is surer than one the evidence alone points to.
+        score = max(0.0, score + kb_weight * fits["knowledge_base"])
         failure_class = max(
             (c for c in cause.classes if c in explored), key=lambda c: explored[c]
         )
@@ -187,7 +189,7 @@ def rank(evidence: Evidence, kb_weight: float = 0.15) -> list[Scored]:
     for index, item in enumerate(scored):
         nearest = max((s.joint for j, s in enumerate(scored) if j != index), default=0.0)
         margin = max(0.0, (item.joint - nearest) / item.joint) if item.joint > 0 else 0.0
-        item.confidence = round(item.joint * (0.6 + 0.4 * margin), 3)
+        item.confidence = round(min(1.0, item.joint * (0.6 + 0.4 * margin)), 3)
     return scored[:MAX_HYPOTHESES]
 
 

@@ -198,12 +198,12 @@ def _reweight(scored: list[Scored], choice: str, weight: float) -> list[Scored]:
     """The model's choice gains `weight` of joint score; evidence still bounds it."""
     for item in scored:
         if item.cause.id == choice:
-            item.joint = min(1.0, item.joint + weight * item.joint)
+            item.joint += weight * item.joint
     scored.sort(key=lambda s: -s.joint)
     for index, item in enumerate(scored):
         nearest = max((s.joint for j, s in enumerate(scored) if j != index), default=0.0)
         margin = max(0.0, (item.joint - nearest) / item.joint) if item.joint > 0 else 0.0
-        item.confidence = round(item.joint * (0.6 + 0.4 * margin), 3)
+        item.confidence = round(min(1.0, item.joint * (0.6 + 0.4 * margin)), 3)
     return scored
 
 
