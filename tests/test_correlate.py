@@ -164,3 +164,20 @@ def test_words_count_at_the_start_of_a_word_only_and_the_service_name_says_nothi
         "deploy",
         "retrieval",
     }
+
+
+def test_a_file_is_about_its_path_and_its_lines_only_when_the_path_says_nothing() -> None:
+    template = change(
+        T,
+        "file",
+        "/w/app/prompts/answer.txt",
+        "answer.txt: 2 lines changed (+1 -1): -cite the chunk ids",
+    )
+    assert topics(template) == {"prompt"}
+    plain = change(
+        T,
+        "file",
+        "/w/app/config/app.yaml",
+        "app.yaml: 2 lines changed (+1 -1): -temperature: 0.2",
+    )
+    assert topics(plain) == {"generation"}

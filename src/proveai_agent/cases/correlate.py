@@ -112,17 +112,26 @@ BEHAVIOUR_KINDS = ("score_drop", "agent_loop", "token_explosion", "context_overf
 
 
 def topics(change: Change) -> set[str]:
-    """The topics a change is about; empty when none is recognised."""
-    source = change.source
+    """The topics a change is about; empty when none is recognised.
+
+    A file is about what its folder and name say; only when they say nothing known do its
+    quoted changed lines count (a prompt template's text mentions chunks and context
+    without being about retrieval).
+    """
     if change.kind == "file":
-        parts = PurePath(source).parts
-        source = "/".join(parts[-2:])
-    # The service's own name says nothing of the change ("research-agent" is no search).
-    text = f"{source} {change.summary}".lower().replace(change.service.lower(), " ")
-    found = {topic for topic, words in TOPIC_WORDS.items() if any(has(text, w) for w in words)}
+        path = "/".join(PurePath(change.source).parts[-2:])
+        head, _, quoted = change.summary.partition("): ")
+        return _topics(f"{path} {head}", change.service) or _topics(quoted, change.service)
+    found = _topics(f"{change.source} {change.summary}", change.service)
     if change.kind == "deploy":
         found.add("deploy")
     return found
+
+
+def _topics(text: str, service: str) -> set[str]:
+    # The service's own name says nothing of the change ("research-agent" is no search).
+    text = text.lower().replace(service.lower(), " ")
+    return {topic for topic, words in TOPIC_WORDS.items() if any(has(text, w) for w in words)}
 
 
 def has(text: str, word: str) -> bool:
