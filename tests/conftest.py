@@ -8,4 +8,4 @@ for _path in (_TESTS, _TESTS.parent / "src"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-pytest_plugins = ["stackfix", "agentfix", "tmuxfix"]
+pytest_plugins = ["stackfix", "agentfix", "tmuxfix", "modelfix"]

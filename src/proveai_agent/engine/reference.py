@@ -138,14 +138,18 @@ class BertReference:
         return x @ self.weights[name + ".weight"].T + self.weights[name + ".bias"]
 
     def _norm(self, x: np.ndarray, name: str) -> np.ndarray:
-        return _layer_norm(x, self.weights[name + ".weight"], self.weights[name + ".bias"], self.eps)
+        return _layer_norm(
+            x, self.weights[name + ".weight"], self.weights[name + ".bias"], self.eps
+        )
 
     def _attention(self, x: np.ndarray, prefix: str) -> np.ndarray:
         n, width = x.shape
         head = width // self.n_head
 
         def heads(name: str) -> np.ndarray:
-            return self._linear(x, f"{prefix}.attention.self.{name}").reshape(n, self.n_head, head)
+            return self._linear(x, f"{prefix}.attention.self.{name}").reshape(
+                n, self.n_head, head
+            )
 
         q, k, v = heads("query"), heads("key"), heads("value")
         scores = np.einsum("ihd,jhd->hij", q, k) / math.sqrt(head)
@@ -167,9 +171,13 @@ class BertReference:
         x = self._norm(x, "embeddings.LayerNorm")
         for layer in range(self.n_layer):
             prefix = f"encoder.layer.{layer}"
-            x = self._norm(x + self._attention(x, prefix), f"{prefix}.attention.output.LayerNorm")
+            x = self._norm(
+                x + self._attention(x, prefix), f"{prefix}.attention.output.LayerNorm"
+            )
             inner = _gelu(self._linear(x, f"{prefix}.intermediate.dense"))
-            x = self._norm(x + self._linear(inner, f"{prefix}.output.dense"), f"{prefix}.output.LayerNorm")
+            x = self._norm(
+                x + self._linear(inner, f"{prefix}.output.dense"), f"{prefix}.output.LayerNorm"
+            )
         return x
 
     def embed(self, text: str) -> np.ndarray:
