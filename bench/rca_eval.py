@@ -42,6 +42,8 @@ from proveai_agent.stack.native import NativeStack, free_port
 ONSET_S = 75
 SETTLE_S = 90
 """How long after the onset a round reads its cases: detection and a first analysis."""
+ANALYSIS_WAIT_S = 300
+"""How much longer it waits for analyses still queued."""
 AGENT_SETTINGS = """
 scrape_interval_s = 1
 series_cap = 200000
@@ -107,7 +109,14 @@ def run_round(
         process.terminate()
     for _, _, process in runs:
         process.wait(15)
+    # The analyses queue behind each other when a model reasons: wait for every case's.
+    deadline = time.monotonic() + ANALYSIS_WAIT_S
     found = cases(agent)
+    while time.monotonic() < deadline and any(
+        not c.get("analysis") for c in found if f"-r{number}s" in c["service"]
+    ):
+        time.sleep(5)
+        found = cases(agent)
     results = []
     for scenario, suffix, _ in runs:
         own = f"{scenario.service}-{suffix}"
@@ -188,6 +197,7 @@ def report(results: list[tuple[Scenario, dict[str, Any] | None]]) -> int:
     per_class: dict[str, list[dict[str, Any]]] = defaultdict(list)
     timings_model: list[float] = []
     timings_plain: list[float] = []
+    answered = used = 0
     for scenario, case in results:
         row: dict[str, Any] = {"right": False, "top3": False, "unable": True, "conf": 0.0}
         analysis = (case or {}).get("analysis")
@@ -199,6 +209,9 @@ def report(results: list[tuple[Scenario, dict[str, Any] | None]]) -> int:
             row["conf"] = float(analysis.get("confidence") or 0.0)
             row["answer"] = analysis.get("root_cause")
             timings_model.append(float(analysis.get("duration_s") or 0.0))
+            model = analysis.get("model") or {}
+            used += bool(model.get("used"))
+            answered += bool(model.get("answered"))
             elapsed, _ = without_model(case)
             timings_plain.append(elapsed)
         row["scenario"] = scenario.name
@@ -229,6 +242,7 @@ def report(results: list[tuple[Scenario, dict[str, Any] | None]]) -> int:
                 f"  miss: {row['scenario']}: answered {row.get('answer')} ({row['conf']:.2f})"
             )
     wrong_high = sum(1 for r in every if not r["right"] and not r["unable"] and r["conf"] > 0.8)
+    print(f"model consulted in {used} of {len(every)} analyses, answered in {answered}")
     print(
         f"analysis time: with the model p50 {_pct(timings_model, 50):.3f}s "
         f"p95 {_pct(timings_model, 95):.3f}s; without p50 {_pct(timings_plain, 50):.3f}s "

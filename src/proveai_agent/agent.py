@@ -79,6 +79,7 @@ class Agent:
         self.file_watcher: FileWatcher | None = None
         self.knowledge: KnowledgeBase | None = None
         self.model_problems: dict[str, str] = {}
+        self._analysed: set[tuple[str, str]] = set()
 
     async def start(self) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -229,7 +230,10 @@ class Agent:
         found += await self._metric_signals(now)
         for signal in found:
             doc = await self.case_service.on_signal(signal)
-            self.engine.submit(doc["id"])
+            # A signal seen again changes no conclusion; a new one in the case may.
+            if (doc["id"], signal.key) not in self._analysed:
+                self._analysed.add((doc["id"], signal.key))
+                self.engine.submit(doc["id"])
         if len(self.hub):
             self.hub.publish("overview", await self.overview(900))
 
