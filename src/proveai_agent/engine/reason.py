@@ -15,8 +15,8 @@ SYSTEM = (
     "root cause it supports best and explain it in two sentences for the engineer. Answer "
     "only with JSON."
 )
-NARRATIVE_CHARS = 400
-MAX_TOKENS = 160
+NARRATIVE_CHARS = 300
+MAX_TOKENS = 220
 
 
 class JsonModel(Protocol):

@@ -266,13 +266,15 @@ def verification(doc: dict[str, Any], item: Scored) -> dict[str, Any]:
 
 
 def _narrative(doc: dict[str, Any], scored: list[Scored], unable: bool) -> str:
-    first = doc.get("signals", [{}])[0].get("summary", "")
+    signals = doc.get("signals") or [{}]
+    first = str(signals[0].get("summary") or "").rstrip(".")
+    opening = f"{first}. " if first else ""
     if unable or not scored:
-        return f"{first}. The evidence does not single out a root cause."
+        return f"{opening}The evidence does not single out a root cause."
     top = scored[0]
     because = "; ".join(str(c.get("summary")) for c in top.matched[:2])
     after = f" It follows: {because}." if because else ""
     return (
-        f"{first}. Most likely {top.cause.id} ({top.failure_class}, confidence "
+        f"{opening}Most likely {top.cause.id} ({top.failure_class}, confidence "
         f"{top.confidence:.2f}): {top.cause.hypothesis}{after}"
     )
