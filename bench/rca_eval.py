@@ -7,7 +7,8 @@ when its root cause is the scenario's; "unable to determine" is not right. Per c
 prints top-1 and top-3 accuracy (top-3: the scenario's cause among the three first
 hypotheses), the mean confidence of right and of wrong answers, the "unable" rate, and the
 analysis time p50/p95 as the agent measured it (with the model when one is configured)
-and again here on the same cases without the model.
+and again here on the same cases, one at a time once the simulators stopped, without the
+model and (when set-up installed one) with it: p95_s_model is that quiet figure.
 
     python bench/rca_eval.py [--quick] [--rounds N] [--model PATH]
 
@@ -35,6 +36,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import KEY, start_agent
 from proveai_agent.config import EngineConfig
+from proveai_agent.engine import local
 from proveai_agent.engine.service import Engine
 from proveai_agent.simulate.library import WORKSPACE, Scenario, scenarios
 from proveai_agent.stack.native import NativeStack, free_port
@@ -134,8 +136,9 @@ def cases(agent: str) -> list[dict[str, Any]]:
     ]
 
 
-def without_model(doc: dict[str, Any]) -> tuple[float, dict[str, Any]]:
-    """The engine's analysis of the same case on evidence alone, timed here."""
+def reanalyse(doc: dict[str, Any], reasoner: Any = None) -> tuple[float, dict[str, Any]]:
+    """The engine's analysis of the same case here, on evidence alone or with `reasoner`,
+    on a machine the simulators no longer share; timed."""
 
     async def stages(_: dict[str, Any]) -> set[str]:
         return set((doc.get("analysis") or {}).get("stages") or [])
@@ -143,7 +146,7 @@ def without_model(doc: dict[str, Any]) -> tuple[float, dict[str, Any]]:
     async def nothing(*_: Any) -> None:
         return None
 
-    engine = Engine(nothing, stages, nothing, EngineConfig())
+    engine = Engine(nothing, stages, nothing, EngineConfig(), reasoner=reasoner)
     started = time.perf_counter()
     analysis = asyncio.run(engine.analyse(doc))
     return time.perf_counter() - started, analysis
@@ -193,7 +196,16 @@ def main() -> int:
     return report(results)
 
 
+def quiet_reasoner() -> Any:
+    """The reasoning model set-up installed, for re-analysing here; None without one."""
+    loaded = local.load(EngineConfig(embedding_model=None))
+    return loaded.reasoner
+
+
 def report(results: list[tuple[Scenario, dict[str, Any] | None]]) -> int:
+    reasoner = quiet_reasoner()
+    timings_quiet: list[float] = []
+    quiet_right = quiet_answered = 0
     per_class: dict[str, list[dict[str, Any]]] = defaultdict(list)
     timings_model: list[float] = []
     timings_plain: list[float] = []
@@ -212,8 +224,13 @@ def report(results: list[tuple[Scenario, dict[str, Any] | None]]) -> int:
             model = analysis.get("model") or {}
             used += bool(model.get("used"))
             answered += bool(model.get("answered"))
-            elapsed, _ = without_model(case)
+            elapsed, _ = reanalyse(case)
             timings_plain.append(elapsed)
+            if reasoner is not None:
+                elapsed, again = reanalyse(case, reasoner)
+                timings_quiet.append(elapsed)
+                quiet_right += again["analysis"]["root_cause"] == scenario.root_cause
+                quiet_answered += bool(again["analysis"]["model"].get("answered"))
         row["scenario"] = scenario.name
         per_class[scenario.failure_class].append(row)
 
@@ -243,6 +260,12 @@ def report(results: list[tuple[Scenario, dict[str, Any] | None]]) -> int:
             )
     wrong_high = sum(1 for r in every if not r["right"] and not r["unable"] and r["conf"] > 0.8)
     print(f"model consulted in {used} of {len(every)} analyses, answered in {answered}")
+    if reasoner is not None:
+        print(
+            f"again here, one case at a time with the model: answered {quiet_answered} of "
+            f"{len(timings_quiet)}, right {quiet_right}, p50 {_pct(timings_quiet, 50):.2f}s "
+            f"p95 {_pct(timings_quiet, 95):.2f}s"
+        )
     print(
         f"analysis time: with the model p50 {_pct(timings_model, 50):.3f}s "
         f"p95 {_pct(timings_model, 95):.3f}s; without p50 {_pct(timings_plain, 50):.3f}s "
@@ -252,7 +275,8 @@ def report(results: list[tuple[Scenario, dict[str, Any] | None]]) -> int:
         f"top1={sum(r['right'] for r in every) / len(every):.3f} "
         f"top3={sum(r['top3'] for r in every) / len(every):.3f} "
         f"worst_class_top1={min(top1s):.3f} wrong_above_0_8={wrong_high / len(every):.3f} "
-        f"p95_s_model={_pct(timings_model, 95):.3f} p95_s_nomodel={_pct(timings_plain, 95):.3f}"
+        f"p95_s_model={_pct(timings_quiet or timings_model, 95):.3f} "
+        f"p95_s_nomodel={_pct(timings_plain, 95):.3f}"
     )
     return 0
 
