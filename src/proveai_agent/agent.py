@@ -14,13 +14,14 @@ from prometheus_client import CollectorRegistry
 from .api.app import make_app
 from .api.auth import KeyRing
 from .api.routes import change_doc
+from .cases import verification
 from .cases.service import CaseService, parse_case_id, rfc3339, summary
 from .changes.drift import AttributeDrift
 from .changes.files import FileWatcher, WatchedPath
 from .config import Config
 from .engine import local as local_models
 from .engine.kb import KnowledgeBase
-from .engine.service import Engine
+from .engine.service import Engine, signature_of
 from .hub import Hub
 from .metrics.derive import SpanMetrics
 from .signals import Signal
@@ -226,6 +227,7 @@ class Agent:
 
     async def watch_once(self, now: float) -> None:
         """One detection cycle at `now`: run the detectors, hand their signals to cases."""
+        await self._verify(now)
         found = self.patterns.evaluate(now)
         found += await self._metric_signals(now)
         for signal in found:
@@ -234,8 +236,35 @@ class Agent:
             if (doc["id"], signal.key) not in self._analysed:
                 self._analysed.add((doc["id"], signal.key))
                 self.engine.submit(doc["id"])
-        if len(self.hub):
+        if len(self.hub) and (self.prometheus or self.victoriametrics):
             self.hub.publish("overview", await self.overview(900))
+
+    async def _verify(self, now: float) -> None:
+        """Check the fixes being verified: resolved when the query held for its window,
+        back to investigating when it did not by the deadline."""
+        source = self.prometheus or self.victoriametrics
+        docs, _ = await self.case_store.list(state="VERIFYING", limit=100)
+        for doc in docs:
+            spec = doc.get("verification") or {}
+            outcome = await verification.judge(
+                source, spec, now, self.config.verify_deadline_factor
+            )
+            if outcome is None:
+                continue
+            holds, detail = outcome
+            done = await self.case_service.finish_verification(doc["id"], holds, detail, now)
+            if done is not None and holds and self.knowledge is not None:
+                resolution = done["resolution"] or {}
+                if resolution.get("root_cause"):
+                    signature = (done.get("analysis") or {}).get("signature") or signature_of(
+                        done
+                    )
+                    await self.knowledge.learn(
+                        signature,
+                        resolution["root_cause"],
+                        resolution.get("fix_applied") or "",
+                        done["id"],
+                    )
 
     async def _metric_signals(self, now: float) -> list[Signal]:
         """The signals of the PromQL detectors; none while no source answers."""

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..cases.lifecycle import ENGINEER, Refused, Request
 from ..cases.service import parse_case_id, rfc3339, summary
 from ..engine.service import signature_of
 from ..store.changes import KINDS, Change
@@ -121,6 +122,28 @@ def change_from_body(body: dict[str, Any], now: float) -> Change:
     )
 
 
+def transition_from_body(body: dict[str, Any]) -> Request:
+    """An engineer's transition from a POST body; raises ValueError for a malformed one."""
+    to = body.get("to")
+    if not isinstance(to, str) or not to:
+        raise ValueError("to must be the state to move to")
+    fields = {
+        name: _text(body, name, limit, required=False)
+        for name, limit in (
+            ("note", 2000),
+            ("suggestion_id", 200),
+            ("root_cause", 200),
+            ("fix", 2000),
+            ("reason", 50),
+            ("duplicate_of", 50),
+            ("severity", 20),
+            ("owner", 200),
+        )
+    }
+    actor = _text(body, "actor", 200, required=True) or ""
+    return Request(to=to, actor=actor, by=ENGINEER, **fields)
+
+
 def change_doc(change: Change) -> dict[str, Any]:
     """A change in the wire format of `/api/changes`."""
     doc: dict[str, Any] = {
@@ -212,6 +235,35 @@ def setup(app: web.Application, agent: Agent) -> None:
         if doc is None:
             return error(404, f"no stored trace {trace_id.lower()}")
         agent.engine.submit(doc["id"])
+        return web.json_response(doc, status=201)
+
+    @routes.post("/api/cases/{case_id}/transition")
+    async def transition(request: web.Request) -> web.Response:
+        body = await json_body(request, limit=64 * 1024)
+        try:
+            asked = transition_from_body(body)
+        except ValueError as exc:
+            return error(400, str(exc))
+        try:
+            doc = await agent.case_service.transition(request.match_info["case_id"], asked)
+        except LookupError as exc:
+            return error(404, str(exc.args[0]))
+        except Refused as exc:
+            return error(409, str(exc))
+        return web.json_response(doc)
+
+    @routes.post("/api/cases/{case_id}/notes")
+    async def add_note(request: web.Request) -> web.Response:
+        body = await json_body(request, limit=64 * 1024)
+        try:
+            actor = _text(body, "actor", 200, required=True) or ""
+            text = _text(body, "text", 10_000, required=True) or ""
+        except ValueError as exc:
+            return error(400, str(exc))
+        try:
+            doc = await agent.case_service.add_note(request.match_info["case_id"], actor, text)
+        except LookupError as exc:
+            return error(404, str(exc.args[0]))
         return web.json_response(doc, status=201)
 
     @routes.post("/api/cases/{case_id}/feedback")

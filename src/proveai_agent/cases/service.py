@@ -13,11 +13,14 @@ from ..signals import Signal
 from ..store.cases import CaseStore
 from ..store.changes import Change, ChangeStore
 from ..store.spans import SpanStore
-from . import correlate
+from . import correlate, lifecycle
+from .lifecycle import AGENT, Request
 
 logger = logging.getLogger(__name__)
 
 SEVERITY_ORDER = ("low", "medium", "high", "critical")
+REOPEN_WITHIN_S = 86400
+"""A resolved or closed case whose failure recurs within this long opens again."""
 TITLES = {
     "error_spike": "Error spike",
     "latency_regression": "Latency regression",
@@ -96,6 +99,8 @@ class CaseService:
                 signal.service, signal.at - self.grouping_window_s
             )
             if found is None:
+                found = await self._recurring(signal)
+            if found is None:
                 doc = await self._open(signal)
             else:
                 number, doc = found
@@ -149,6 +154,80 @@ class CaseService:
         if SEVERITY_ORDER.index(signal.severity) > SEVERITY_ORDER.index(doc["severity"]):
             doc["severity"] = signal.severity
 
+    async def _recurring(self, signal: Signal) -> tuple[int, dict[str, Any]] | None:
+        """A resolved or closed case of the service with this signal, opened again."""
+        for number, doc in await self.cases.ended_cases_for(
+            signal.service, signal.at - REOPEN_WITHIN_S
+        ):
+            if any(s.get("key") == signal.key for s in doc["signals"]):
+                request = Request(
+                    "DETECTED", "agent", AGENT, note=f"recurred: {signal.summary}"
+                )
+                lifecycle.apply(doc, request, rfc3339(signal.at))
+                logger.info("case %s opened again: the failure recurred", doc["id"])
+                return number, doc
+        return None
+
+    async def transition(self, case_id: str, request: Request) -> dict[str, Any]:
+        """Move a case; raises LookupError for an unknown case and Refused for an illegal
+        transition. The agent's own steps that follow at once (suggestions ready, a fix to
+        verify) are made in the same update."""
+        number = parse_case_id(case_id)
+        async with self._lock:
+            doc = await self.cases.get(number) if number is not None else None
+            if doc is None or number is None:
+                raise LookupError(f"no case {case_id}")
+            lifecycle.check(doc, request)
+            now = time.time()
+            lifecycle.apply(doc, request, rfc3339(now))
+            self._follow_on(doc, now)
+            await self.cases.update(number, doc, now)
+        logger.info("case %s moved to %s by %s", case_id, doc["state"], request.actor)
+        for listener in self.listeners:
+            await listener(doc)
+        return doc
+
+    def _follow_on(self, doc: dict[str, Any], now: float) -> None:
+        """The agent's transitions that follow at once from the state a case is in."""
+        at = rfc3339(now)
+        if doc["state"] == "INVESTIGATING" and doc.get("remediation_suggestions"):
+            note = "the engine's suggestions are ready"
+            lifecycle.apply(doc, Request("REMEDIATION_SUGGESTED", "agent", AGENT, note), at)
+        if doc["state"] == "FIX_APPLIED":
+            lifecycle.apply(doc, Request("VERIFYING", "agent", AGENT, "verifying the fix"), at)
+            doc["verification"] = {"started_at": now, **chosen_verification(doc)}
+
+    async def finish_verification(
+        self, case_id: str, holds: bool, detail: str, at: float
+    ) -> dict[str, Any] | None:
+        """The verification's outcome: RESOLVED (with its resolution) or INVESTIGATING."""
+        number = parse_case_id(case_id)
+        async with self._lock:
+            doc = await self.cases.get(number) if number is not None else None
+            if doc is None or number is None or doc["state"] != "VERIFYING":
+                return None
+            stamp = rfc3339(at)
+            if holds:
+                lifecycle.apply(doc, Request("RESOLVED", "agent", AGENT, detail), stamp)
+                opened = _epoch(doc["opened_at"])
+                fix = doc.get("fix") or {}
+                doc["resolution"] = {
+                    "root_cause": fix.get("root_cause") or _suggested_cause(doc),
+                    "fix_applied": fix.get("fix") or _suggested_action(doc),
+                    "verified_at": stamp,
+                    "time_to_remediate_s": round(at - opened, 3) if opened else None,
+                }
+            else:
+                lifecycle.apply(doc, Request("INVESTIGATING", "agent", AGENT, detail), stamp)
+                self._follow_on(doc, at)
+            await self.cases.update(number, doc, at)
+        logger.info(
+            "case %s verification %s: %s", case_id, "held" if holds else "failed", detail
+        )
+        for listener in self.listeners:
+            await listener(doc)
+        return doc
+
     async def attach_analysis(self, case_id: str, analysis: dict[str, Any]) -> None:
         """Store the engine's analysis in a case, as it is now (signals may have joined)."""
         number = parse_case_id(case_id)
@@ -169,6 +248,22 @@ class CaseService:
             await self.cases.update(number, doc, now)
         for listener in self.listeners:
             await listener(doc)
+
+    async def add_note(self, case_id: str, actor: str, text: str) -> dict[str, Any]:
+        """An engineer's note in the case's timeline; raises LookupError for no such case."""
+        number = parse_case_id(case_id)
+        async with self._lock:
+            doc = await self.cases.get(number) if number is not None else None
+            if doc is None or number is None:
+                raise LookupError(f"no case {case_id}")
+            now = time.time()
+            doc["updated_at"] = rfc3339(now)
+            event = {"at": doc["updated_at"], "type": "note", "actor": actor, "text": text}
+            doc["timeline"].append(event)
+            await self.cases.update(number, doc, now)
+        for listener in self.listeners:
+            await listener(doc)
+        return doc
 
     async def feedback(
         self, case_id: str, suggestion_id: str, helpful: bool, actor: str, note: str | None
@@ -247,6 +342,38 @@ class CaseService:
         for listener in self.listeners:
             await listener(doc)
         return doc
+
+
+def chosen_verification(doc: dict[str, Any]) -> dict[str, Any]:
+    """The verification of the suggestion the fix applied, else of the first suggestion."""
+    suggestions = doc.get("remediation_suggestions") or []
+    chosen = (doc.get("fix") or {}).get("suggestion_id")
+    picked = next((s for s in suggestions if s["id"] == chosen), None)
+    picked = picked or (suggestions[0] if suggestions else None)
+    if picked is None:
+        return {"suggestion_id": None, "query": None}
+    return {"suggestion_id": picked["id"], **picked["verification"]}
+
+
+def _suggested(doc: dict[str, Any]) -> dict[str, Any]:
+    chosen = (doc.get("fix") or {}).get("suggestion_id")
+    suggestions = doc.get("remediation_suggestions") or []
+    return next((s for s in suggestions if s["id"] == chosen), {})
+
+
+def _suggested_cause(doc: dict[str, Any]) -> str | None:
+    return _suggested(doc).get("cause_id")
+
+
+def _suggested_action(doc: dict[str, Any]) -> str | None:
+    return _suggested(doc).get("action")
+
+
+def _epoch(text: str) -> float | None:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except (AttributeError, ValueError):
+        return None
 
 
 def _no_doc(change: Change) -> dict[str, Any]:

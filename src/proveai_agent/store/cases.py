@@ -94,6 +94,18 @@ class CaseStore:
             row = await cur.fetchone()
         return (int(row[0]), json.loads(row[1])) if row else None
 
+    async def ended_cases_for(
+        self, service: str, since: float
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """The service's resolved or closed cases updated at or after `since`, newest first."""
+        async with self._writer.execute(
+            "SELECT id, doc FROM cases WHERE service = ? AND state IN ('RESOLVED', 'CLOSED')"
+            " AND updated_at >= ? ORDER BY id DESC LIMIT 20",
+            (service, since),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [(int(r[0]), json.loads(r[1])) for r in rows]
+
     async def list(
         self,
         state: str | None = None,
