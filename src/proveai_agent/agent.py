@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from .api.app import make_app
 from .api.auth import KeyRing
 from .api.routes import change_doc
+from .audit import AuditLog
 from .cases import verification
 from .cases.service import CaseService, parse_case_id, rfc3339, summary
 from .changes.drift import AttributeDrift
@@ -27,6 +28,7 @@ from .metrics.derive import SpanMetrics
 from .signals import Signal
 from .spans import Batch
 from .store import db
+from .store.audit import AuditStore
 from .store.cases import CaseStore
 from .store.changes import Change, ChangeStore
 from .store.kb import KbStore
@@ -100,6 +102,8 @@ class Agent:
             change_doc=change_doc,
         )
         self.case_service.listeners.append(self._publish_case)
+        self.audit = AuditLog(AuditStore(self._writer, self._reader), self.config.data_dir)
+        self.case_service.audit = self.audit.case_events
         self.engine = Engine(
             self._load_case,
             self._signal_stages,
@@ -126,6 +130,7 @@ class Agent:
         self._tasks.append(asyncio.create_task(self._load_models(), name="models"))
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
         self._tasks.append(asyncio.create_task(self._checkpoint_loop(), name="checkpoint"))
+        self._tasks.append(asyncio.create_task(self._audit_loop(), name="audit"))
         if self.config.watch_files:
             watched = [
                 WatchedPath(Path(item["path"]), item["service"])
@@ -146,6 +151,11 @@ class Agent:
                 await self._runner.cleanup()
                 self._runner = None
         finally:
+            try:
+                await self.audit.flush_refused(now=time.time() + 60)
+                await self.audit.checkpoint()
+            except Exception:
+                logger.exception("audit upkeep at stop failed")
             try:
                 await self.span_store.stop()
             finally:
@@ -198,6 +208,12 @@ class Agent:
             else:
                 self.knowledge = self.engine.memory = knowledge
         self.engine.reasoner = loaded.reasoner
+
+    def refused_auth(self, source: str | None, path: str) -> None:
+        """A request refused for its key: counted for the audit log."""
+        audit = getattr(self, "audit", None)
+        if audit is not None:
+            audit.refused(source, path)
 
     async def _load_case(self, case_id: str) -> dict[str, Any] | None:
         number = parse_case_id(case_id)
@@ -299,6 +315,19 @@ class Agent:
                 await self.span_store.checkpoint()
             except Exception as exc:
                 logger.warning("WAL checkpoint failed: %s", exc)
+
+    async def _audit_loop(self) -> None:
+        """Write the refused authentications of each past minute; checkpoint the head."""
+        next_checkpoint = time.monotonic() + self.config.audit_checkpoint_s
+        while True:
+            await asyncio.sleep(10)
+            try:
+                await self.audit.flush_refused()
+                if time.monotonic() >= next_checkpoint:
+                    next_checkpoint = time.monotonic() + self.config.audit_checkpoint_s
+                    await self.audit.checkpoint()
+            except Exception:
+                logger.exception("audit upkeep failed")
 
     async def _retention_loop(self) -> None:
         while True:

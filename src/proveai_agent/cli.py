@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import sys
@@ -76,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_arguments(check_parser)
 
+    audit = commands.add_parser("audit", help="check or export the audit log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    for name, text in (
+        ("verify", "walk the hash chain; exit 1 and name the first broken record"),
+        ("export", "write every record as JSON lines, with the chain"),
+    ):
+        sub = audit_commands.add_parser(name, help=text)
+        sub.add_argument("--data-dir", type=Path, help="the agent's data directory")
+        if name == "export":
+            sub.add_argument("--out", type=Path, help="file to write (default: stdout)")
+
     from . import bundle
 
     bundle_parser = commands.add_parser(
@@ -97,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.stack_command == "check":
             return check.run(args)
         return render.run(args)
+    if args.command == "audit":
+        return asyncio.run(_audit(args))
     if args.command == "bundle":
         from . import bundle
 
@@ -114,6 +128,43 @@ def main(argv: list[str] | None = None) -> int:
     # retry warnings would repeat it every cycle.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     return _serve(args)
+
+
+async def _audit(args: argparse.Namespace) -> int:
+    from .audit import AuditLog
+    from .config import default_data_dir
+    from .store import db
+    from .store.audit import AuditStore
+
+    data_dir = args.data_dir or default_data_dir()
+    path = Path(data_dir) / "proveai.db"
+    if not path.exists():
+        print(f"proveai-agent audit: no database at {path}", file=sys.stderr)
+        return 2
+    conn = await db.connect(path)
+    try:
+        async with conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'audit'"
+        ) as cur:
+            row = await cur.fetchone()
+        if not row or not row[0]:
+            print(f"proveai-agent audit: {path} has no audit log yet", file=sys.stderr)
+            return 2
+        log = AuditLog(AuditStore(conn, conn), Path(data_dir))
+        if args.audit_command == "verify":
+            verdict = await log.store.verify()
+            print(json.dumps(verdict.to_dict()))
+            return 0 if verdict.ok else 1
+        if args.out is None:
+            await log.export(sys.stdout)
+        else:
+            # A command-line run: nothing else waits on this event loop.
+            with open(args.out, "w", encoding="utf-8") as out:  # noqa: ASYNC230
+                count = await log.export(out)
+            print(f"{count} records written to {args.out}", file=sys.stderr)
+        return 0
+    finally:
+        await conn.close()
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -205,6 +205,8 @@ class Config:
     patterns: PatternConfig = field(default_factory=PatternConfig)
     trend: TrendConfig = field(default_factory=TrendConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    audit_checkpoint_s: float = 300.0
+    """How often the audit chain's head is appended to DATA_DIR/audit-head.log."""
     verify_deadline_factor: float = 4.0
     """A fix that has not held for its verification window after this many windows fails."""
     trend_interval_s: float = 300.0

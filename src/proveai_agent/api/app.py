@@ -17,7 +17,7 @@ def make_app(agent: Agent) -> web.Application:
     config = agent.config
     open_routes = list(config.open_routes)
     app = web.Application(
-        middlewares=[middleware(agent.keys, open_routes, routes.error_for)],
+        middlewares=[middleware(agent.keys, open_routes, routes.error_for, agent.refused_auth)],
         client_max_size=config.body_limit_bytes,
     )
     for signal in ("traces", "logs", "metrics"):

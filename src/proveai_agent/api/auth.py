@@ -129,7 +129,10 @@ ErrorFactory = Callable[[web.Request, int, str], web.StreamResponse]
 
 
 def middleware(
-    keys: KeyRing, open_routes: list[str], error: ErrorFactory
+    keys: KeyRing,
+    open_routes: list[str],
+    error: ErrorFactory,
+    refused: Callable[[str | None, str], None] | None = None,
 ) -> web_middlewares.Middleware:
     """Refuse requests without a valid key (401) and writes with a read key (403)."""
     open_set = frozenset(open_routes)
@@ -149,6 +152,8 @@ def middleware(
                 request.remote,
                 reason,
             )
+            if refused is not None:
+                refused(request.remote, request.path)
             return error(request, 401, reason)
         if role == "read" and request.method not in READ_METHODS:
             return error(request, 403, "this key may only read")

@@ -293,6 +293,22 @@ def setup(app: web.Application, agent: Agent) -> None:
             await agent.knowledge.feedback(signature, cause, helpful, doc["id"])
         return web.json_response(doc)
 
+    @routes.get("/api/audit")
+    async def audit_records(request: web.Request) -> web.Response:
+        try:
+            after = int(request.query.get("after", "0"))
+            limit = int(request.query.get("limit", "1000"))
+        except ValueError:
+            return error(400, "after and limit must be integers")
+        if after < 0 or not 1 <= limit <= 10_000:
+            return error(400, "after must be 0 or more and limit between 1 and 10000")
+        items = await agent.audit.store.records(after=after, limit=limit)
+        return web.json_response({"items": items})
+
+    @routes.get("/api/audit/verify")
+    async def audit_verify(request: web.Request) -> web.Response:
+        return web.json_response((await agent.audit.store.verify()).to_dict())
+
     @routes.post("/api/changes")
     async def add_change(request: web.Request) -> web.Response:
         body = await json_body(request, limit=64 * 1024)

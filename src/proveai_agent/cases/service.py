@@ -91,6 +91,32 @@ class CaseService:
         self.window_s = window_s
         self._lock = asyncio.Lock()
         self.listeners: list[Callable[[dict[str, Any]], Awaitable[None]]] = []
+        self.audit: Callable[[str, list[dict[str, Any]]], Awaitable[None]] | None = None
+        """Records the timeline events a write adds (the audit log), before it returns."""
+
+    async def _insert(self, doc: dict[str, Any], at: float) -> int:
+        number = await self.cases.insert(doc, at)  # the case gets its id here
+        if await self._record(doc):
+            await self.cases.update(number, doc, at)
+        return number
+
+    async def _update(
+        self, number: int, doc: dict[str, Any], at: float, last_signal_at: float | None = None
+    ) -> None:
+        # The audit log first: a write acknowledged is always recorded; one cut short by a
+        # crash may be recorded without being stored, never the other way round.
+        await self._record(doc)
+        await self.cases.update(number, doc, at, last_signal_at=last_signal_at)
+
+    async def _record(self, doc: dict[str, Any]) -> bool:
+        """Hand the events not recorded yet to the audit log; the case keeps the count."""
+        done = int(doc.get("audited_events", 0))
+        events = doc["timeline"][done:]
+        if self.audit is None or not events:
+            return False
+        await self.audit(doc["id"], events)
+        doc["audited_events"] = len(doc["timeline"])
+        return True
 
     async def on_signal(self, signal: Signal) -> dict[str, Any]:
         """Open a case for the signal, or add it to the service's open case in the window."""
@@ -106,7 +132,7 @@ class CaseService:
                 number, doc = found
                 self._join(doc, signal)
                 await self._assess(doc)
-                await self.cases.update(number, doc, signal.at, last_signal_at=signal.at)
+                await self._update(number, doc, signal.at, last_signal_at=signal.at)
         for listener in self.listeners:
             await listener(doc)
         return doc
@@ -132,7 +158,7 @@ class CaseService:
         doc["narrative"] = signal.summary
         doc["timeline"].insert(0, {"at": at, "type": "signal", "summary": signal.summary})
         await self._assess(doc)
-        number = await self.cases.insert(doc, signal.at)
+        number = await self._insert(doc, signal.at)
         logger.info("case CASE-%d opened: %s", number, doc["title"])
         return doc
 
@@ -181,7 +207,7 @@ class CaseService:
             now = time.time()
             lifecycle.apply(doc, request, rfc3339(now))
             self._follow_on(doc, now)
-            await self.cases.update(number, doc, now)
+            await self._update(number, doc, now)
         logger.info("case %s moved to %s by %s", case_id, doc["state"], request.actor)
         for listener in self.listeners:
             await listener(doc)
@@ -220,7 +246,7 @@ class CaseService:
             else:
                 lifecycle.apply(doc, Request("INVESTIGATING", "agent", AGENT, detail), stamp)
                 self._follow_on(doc, at)
-            await self.cases.update(number, doc, at)
+            await self._update(number, doc, at)
         logger.info(
             "case %s verification %s: %s", case_id, "held" if holds else "failed", detail
         )
@@ -245,7 +271,7 @@ class CaseService:
             doc["timeline"].append(
                 {"at": doc["updated_at"], "type": "analysis", "summary": verdict}
             )
-            await self.cases.update(number, doc, now)
+            await self._update(number, doc, now)
         for listener in self.listeners:
             await listener(doc)
 
@@ -260,7 +286,7 @@ class CaseService:
             doc["updated_at"] = rfc3339(now)
             event = {"at": doc["updated_at"], "type": "note", "actor": actor, "text": text}
             doc["timeline"].append(event)
-            await self.cases.update(number, doc, now)
+            await self._update(number, doc, now)
         for listener in self.listeners:
             await listener(doc)
         return doc
@@ -289,7 +315,7 @@ class CaseService:
             if note:
                 event["note"] = note
             doc["timeline"].append(event)
-            await self.cases.update(number, doc, now)  # type: ignore[arg-type]
+            await self._update(number, doc, now)  # type: ignore[arg-type]
         for listener in self.listeners:
             await listener(doc)
         return doc
@@ -337,7 +363,7 @@ class CaseService:
             actor="engineer",
         )
         async with self._lock:
-            number = await self.cases.insert(doc, now)
+            number = await self._insert(doc, now)
         logger.info("case CASE-%d opened by hand from trace %s", number, trace_id)
         for listener in self.listeners:
             await listener(doc)

@@ -96,6 +96,26 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX kb_entries_cause ON kb_entries (cause_id);
     """,
+    """
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        data TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+    BEGIN
+        SELECT RAISE(ABORT, 'the audit log is append-only');
+    END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN
+        SELECT RAISE(ABORT, 'the audit log is append-only');
+    END;
+    """,
 ]
 
 
@@ -134,4 +154,14 @@ async def migrate(conn: aiosqlite.Connection) -> int:
 
 
 def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    """The statements of a migration; a trigger's body keeps its own semicolons."""
+    statements: list[str] = []
+    pending = ""
+    for part in script.split(";"):
+        pending = f"{pending};{part}" if pending else part
+        if "CREATE TRIGGER" in pending and not pending.rstrip().upper().endswith("END"):
+            continue
+        if pending.strip():
+            statements.append(pending.strip())
+        pending = ""
+    return statements
