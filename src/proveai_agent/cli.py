@@ -77,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_arguments(check_parser)
 
+    report = commands.add_parser("report", help="the compliance report of a period (Markdown)")
+    report.add_argument("--from", dest="since", required=True, help="YYYY-MM-DD or RFC 3339")
+    report.add_argument("--to", dest="until", required=True, help="YYYY-MM-DD or RFC 3339")
+    report.add_argument("--data-dir", type=Path, help="the agent's data directory")
+    report.add_argument("--config", type=Path, help="the agent's TOML configuration")
+    report.add_argument("--out", type=Path, help="file to write (default: stdout)")
+
     audit = commands.add_parser("audit", help="check or export the audit log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     for name, text in (
@@ -111,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         return render.run(args)
     if args.command == "audit":
         return asyncio.run(_audit(args))
+    if args.command == "report":
+        return asyncio.run(_report(args))
     if args.command == "bundle":
         from . import bundle
 
@@ -128,6 +137,48 @@ def main(argv: list[str] | None = None) -> int:
     # retry warnings would repeat it every cycle.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     return _serve(args)
+
+
+async def _report(args: argparse.Namespace) -> int:
+    from . import report
+    from .store import db
+    from .store.audit import AuditStore
+    from .store.report import ReportStore
+
+    try:
+        since, until = report.parse_day(args.since), report.parse_day(args.until)
+        config = load(args.config, data_dir=args.data_dir)
+    except (OSError, ValueError) as exc:
+        print(f"proveai-agent report: {exc}", file=sys.stderr)
+        return 2
+    if until <= since:
+        print("proveai-agent report: --to must come after --from", file=sys.stderr)
+        return 2
+    if not config.db_path.exists():
+        print(f"proveai-agent report: no database at {config.db_path}", file=sys.stderr)
+        return 2
+    conn = await db.connect(config.db_path)
+    try:
+        await db.migrate(conn)
+        figures = ReportStore(conn)
+        since_ns, until_ns = int(since * 1e9), int(until * 1e9)
+        text = report.render(
+            since,
+            until,
+            await figures.requests(since_ns, until_ns),
+            await figures.spans(since_ns, until_ns),
+            await figures.scores(since_ns, until_ns),
+            await figures.cases(since, until),
+            await AuditStore(conn, conn).head(),
+            config,
+        )
+    finally:
+        await conn.close()
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        args.out.write_text(text)
+    return 0
 
 
 async def _audit(args: argparse.Namespace) -> int:
