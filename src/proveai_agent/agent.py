@@ -25,6 +25,7 @@ from .engine.kb import KnowledgeBase
 from .engine.service import Engine, signature_of
 from .hub import Hub
 from .metrics.derive import SpanMetrics
+from .notify import Notifier
 from .signals import Signal
 from .spans import Batch
 from .store import db
@@ -104,6 +105,9 @@ class Agent:
         self.case_service.listeners.append(self._publish_case)
         self.audit = AuditLog(AuditStore(self._writer, self._reader), self.config.data_dir)
         self.case_service.audit = self.audit.case_events
+        self.notifier = Notifier(self.config.notify)
+        if self.notifier.receivers:
+            self.case_service.notify = self.notifier.notify
         self.engine = Engine(
             self._load_case,
             self._signal_stages,
@@ -131,6 +135,8 @@ class Agent:
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
         self._tasks.append(asyncio.create_task(self._checkpoint_loop(), name="checkpoint"))
         self._tasks.append(asyncio.create_task(self._audit_loop(), name="audit"))
+        if self.notifier.receivers:
+            self._tasks.append(asyncio.create_task(self.notifier.run(), name="notify"))
         if self.config.watch_files:
             watched = [
                 WatchedPath(Path(item["path"]), item["service"])

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from .notify import NotifyConfig
+from .tickets import TicketConfig
+
 DEFAULT_DRIFT_KEYS = (
     "service.version",
     "gen_ai.request.model",
@@ -205,6 +208,8 @@ class Config:
     patterns: PatternConfig = field(default_factory=PatternConfig)
     trend: TrendConfig = field(default_factory=TrendConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    tickets: TicketConfig = field(default_factory=TicketConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     audit_checkpoint_s: float = 300.0
     """How often the audit chain's head is appended to DATA_DIR/audit-head.log."""
     verify_deadline_factor: float = 4.0

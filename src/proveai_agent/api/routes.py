@@ -18,6 +18,7 @@ from ..cases.lifecycle import ENGINEER, Refused, Request
 from ..cases.service import parse_case_id, rfc3339, summary
 from ..engine.service import signature_of
 from ..store.changes import KINDS, Change
+from ..tickets import TicketError, create_ticket
 
 if TYPE_CHECKING:
     from ..agent import Agent
@@ -265,6 +266,28 @@ def setup(app: web.Application, agent: Agent) -> None:
         except LookupError as exc:
             return error(404, str(exc.args[0]))
         return web.json_response(doc, status=201)
+
+    @routes.post("/api/cases/{case_id}/ticket")
+    async def ticket(request: web.Request) -> web.Response:
+        body = await json_body(request, limit=64 * 1024)
+        system = body.get("system")
+        try:
+            actor = _text(body, "actor", 200, required=True) or ""
+        except ValueError as exc:
+            return error(400, str(exc))
+        if system not in ("github", "jira"):
+            return error(400, "system must be github or jira")
+        number = parse_case_id(request.match_info["case_id"])
+        doc = await agent.case_store.get(number) if number is not None else None
+        if doc is None:
+            return error(404, f"no case {request.match_info['case_id']}")
+        try:
+            made = await create_ticket(agent.config.tickets, system, doc)
+        except TicketError as exc:
+            await agent.case_service.add_ticket(doc["id"], actor, None, str(exc))
+            return error(502, str(exc))
+        await agent.case_service.add_ticket(doc["id"], actor, made, None)
+        return web.json_response(made, status=201)
 
     @routes.post("/api/cases/{case_id}/feedback")
     async def feedback(request: web.Request) -> web.Response:

@@ -91,8 +91,37 @@ class CaseService:
         self.window_s = window_s
         self._lock = asyncio.Lock()
         self.listeners: list[Callable[[dict[str, Any]], Awaitable[None]]] = []
+        self.notify: Callable[[str, dict[str, Any]], None] | None = None
+        """Told of a case opening, escalating, resolving or failing verification."""
         self.audit: Callable[[str, list[dict[str, Any]]], Awaitable[None]] | None = None
         """Records the timeline events a write adds (the audit log), before it returns."""
+
+    def _tell(self, event: str, doc: dict[str, Any]) -> None:
+        if self.notify is not None:
+            self.notify(event, doc)
+
+    async def add_ticket(
+        self, case_id: str, actor: str, ticket: dict[str, Any] | None, error: str | None
+    ) -> dict[str, Any]:
+        """Store a ticket's link on a case, or the failure to create one, in its timeline."""
+        number = parse_case_id(case_id)
+        async with self._lock:
+            doc = await self.cases.get(number) if number is not None else None
+            if doc is None or number is None:
+                raise LookupError(f"no case {case_id}")
+            now = time.time()
+            doc["updated_at"] = rfc3339(now)
+            event: dict[str, Any] = {"at": doc["updated_at"], "actor": actor}
+            if ticket is not None:
+                doc.setdefault("tickets", []).append(ticket)
+                event.update(type="ticket", **ticket)
+            else:
+                event.update(type="ticket_failed", error=error)
+            doc["timeline"].append(event)
+            await self._update(number, doc, now)
+        for listener in self.listeners:
+            await listener(doc)
+        return doc
 
     async def _insert(self, doc: dict[str, Any], at: float) -> int:
         number = await self.cases.insert(doc, at)  # the case gets its id here
@@ -160,6 +189,7 @@ class CaseService:
         await self._assess(doc)
         number = await self._insert(doc, signal.at)
         logger.info("case CASE-%d opened: %s", number, doc["title"])
+        self._tell("opened", doc)
         return doc
 
     def _join(self, doc: dict[str, Any], signal: Signal) -> None:
@@ -179,6 +209,7 @@ class CaseService:
         doc["advisory"] = all(s.get("advisory") for s in doc["signals"])
         if SEVERITY_ORDER.index(signal.severity) > SEVERITY_ORDER.index(doc["severity"]):
             doc["severity"] = signal.severity
+            self._tell("escalated", doc)
 
     async def _recurring(self, signal: Signal) -> tuple[int, dict[str, Any]] | None:
         """A resolved or closed case of the service with this signal, opened again."""
@@ -250,6 +281,7 @@ class CaseService:
         logger.info(
             "case %s verification %s: %s", case_id, "held" if holds else "failed", detail
         )
+        self._tell("resolved" if holds else "verification_failed", doc)
         for listener in self.listeners:
             await listener(doc)
         return doc
