@@ -281,11 +281,10 @@ class Agent:
                     signature = (done.get("analysis") or {}).get("signature") or signature_of(
                         done
                     )
+                    notes = [e["text"] for e in done["timeline"] if e.get("type") == "note"]
+                    fix = "; ".join([resolution.get("fix_applied") or "", *notes]).strip("; ")
                     await self.knowledge.learn(
-                        signature,
-                        resolution["root_cause"],
-                        resolution.get("fix_applied") or "",
-                        done["id"],
+                        signature, resolution["root_cause"], fix, done["id"]
                     )
 
     async def _metric_signals(self, now: float) -> list[Signal]:
