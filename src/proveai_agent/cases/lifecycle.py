@@ -13,14 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-OPEN = (
-    "DETECTED",
-    "TRIAGED",
-    "INVESTIGATING",
-    "REMEDIATION_SUGGESTED",
-    "FIX_APPLIED",
-    "VERIFYING",
-)
+from ..store.cases import OPEN_STATES as OPEN
+
 STATES = (*OPEN, "RESOLVED", "CLOSED")
 ENGINEER, AGENT = "engineer", "agent"
 CLOSE_REASONS = ("false_positive", "duplicate", "wont_fix")

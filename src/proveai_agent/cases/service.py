@@ -100,10 +100,11 @@ class CaseService:
         if self.notify is not None:
             self.notify(event, doc)
 
-    async def add_ticket(
-        self, case_id: str, actor: str, ticket: dict[str, Any] | None, error: str | None
+    async def _append(
+        self, case_id: str, event: Callable[[dict[str, Any]], dict[str, Any]]
     ) -> dict[str, Any]:
-        """Store a ticket's link on a case, or the failure to create one, in its timeline."""
+        """Add one timeline event to a case: `event(doc)` returns it (and may change the
+        case, or raise LookupError); raises LookupError for no such case."""
         number = parse_case_id(case_id)
         async with self._lock:
             doc = await self.cases.get(number) if number is not None else None
@@ -111,17 +112,24 @@ class CaseService:
                 raise LookupError(f"no case {case_id}")
             now = time.time()
             doc["updated_at"] = rfc3339(now)
-            event: dict[str, Any] = {"at": doc["updated_at"], "actor": actor}
-            if ticket is not None:
-                doc.setdefault("tickets", []).append(ticket)
-                event.update(type="ticket", **ticket)
-            else:
-                event.update(type="ticket_failed", error=error)
-            doc["timeline"].append(event)
+            doc["timeline"].append({"at": doc["updated_at"], **event(doc)})
             await self._update(number, doc, now)
         for listener in self.listeners:
             await listener(doc)
         return doc
+
+    async def add_ticket(
+        self, case_id: str, actor: str, ticket: dict[str, Any] | None, error: str | None
+    ) -> dict[str, Any]:
+        """Store a ticket's link on a case, or the failure to create one, in its timeline."""
+
+        def event(doc: dict[str, Any]) -> dict[str, Any]:
+            if ticket is None:
+                return {"type": "ticket_failed", "actor": actor, "error": error}
+            doc.setdefault("tickets", []).append(ticket)
+            return {"type": "ticket", "actor": actor, **ticket}
+
+        return await self._append(case_id, event)
 
     async def _insert(self, doc: dict[str, Any], at: float) -> int:
         number = await self.cases.insert(doc, at)  # the case gets its id here
@@ -309,48 +317,28 @@ class CaseService:
 
     async def add_note(self, case_id: str, actor: str, text: str) -> dict[str, Any]:
         """An engineer's note in the case's timeline; raises LookupError for no such case."""
-        number = parse_case_id(case_id)
-        async with self._lock:
-            doc = await self.cases.get(number) if number is not None else None
-            if doc is None or number is None:
-                raise LookupError(f"no case {case_id}")
-            now = time.time()
-            doc["updated_at"] = rfc3339(now)
-            event = {"at": doc["updated_at"], "type": "note", "actor": actor, "text": text}
-            doc["timeline"].append(event)
-            await self._update(number, doc, now)
-        for listener in self.listeners:
-            await listener(doc)
-        return doc
+        return await self._append(
+            case_id, lambda _: {"type": "note", "actor": actor, "text": text}
+        )
 
     async def feedback(
         self, case_id: str, suggestion_id: str, helpful: bool, actor: str, note: str | None
     ) -> dict[str, Any]:
         """Record an engineer's verdict on a suggestion; raises LookupError for an unknown
         case or suggestion."""
-        number = parse_case_id(case_id)
-        async with self._lock:
-            doc = await self.cases.get(number) if number is not None else None
-            if doc is None:
-                raise LookupError(f"no case {case_id}")
+
+        def event(doc: dict[str, Any]) -> dict[str, Any]:
             if not any(s["id"] == suggestion_id for s in doc["remediation_suggestions"]):
                 raise LookupError(f"{case_id} has no suggestion {suggestion_id}")
-            now = time.time()
-            doc["updated_at"] = rfc3339(now)
-            event = {
-                "at": doc["updated_at"],
+            found = {
                 "type": "feedback",
                 "suggestion_id": suggestion_id,
                 "helpful": helpful,
                 "actor": actor,
             }
-            if note:
-                event["note"] = note
-            doc["timeline"].append(event)
-            await self._update(number, doc, now)  # type: ignore[arg-type]
-        for listener in self.listeners:
-            await listener(doc)
-        return doc
+            return {**found, "note": note} if note else found
+
+        return await self._append(case_id, event)
 
     async def _assess(self, doc: dict[str, Any]) -> None:
         """Class scores, leading class and recent changes, from signals and change log."""
