@@ -933,3 +933,21 @@ def test_case_columns_cut_service_last_and_keep_every_column() -> None:
     _, widths = fit_columns([LONG_ROW], 64)
     assert list(widths) == ["id", "severity", "state", "class", "service", "age"]
     assert widths["service"] == 13 and widths["class"] == 10 and widths["state"] == 9
+
+
+def test_the_case_header_says_when_the_engine_cannot_name_a_cause() -> None:
+    from proveai_tui.widgets.case_header import header_view
+
+    case = {
+        "id": "CASE-2",
+        "title": "Quality drop in rag-api (coherence)",
+        "state": "DETECTED",
+        "severity": "high",
+        "service": "rag-api",
+        "opened_at": "2026-12-03T10:00:00.000Z",
+        "hypotheses": [{"hypothesis": "A quantised build", "confidence": 0.3}],
+        "analysis": {"unable": True, "missing_evidence": ["no change of rag-api was recorded"]},
+    }
+    _, plain = header_view(case, datetime(2026, 12, 3, 10, 5, tzinfo=UTC))
+    assert "likely unable to determine root cause (no change of rag-api was recorded)" in plain
+    assert "A quantised build" not in plain

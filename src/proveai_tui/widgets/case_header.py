@@ -67,7 +67,17 @@ def header_view(case: dict[str, Any], now: datetime | None = None) -> tuple[Grou
         renderables.append(row)
         lines.append(f"scores {written.plain}")
     hypotheses = [h for h in case.get("hypotheses") or [] if isinstance(h, dict)]
-    if hypotheses:
+    analysis = fmt.mapping(case.get("analysis"))
+    if analysis.get("unable"):
+        likely = _grid(2)
+        value = Text("unable to determine root cause")
+        missing = [str(m) for m in analysis.get("missing_evidence") or [] if m]
+        if missing:
+            value.append(f" ({missing[0]})", style="dim")
+        likely.add_row("likely", value)
+        renderables.append(likely)
+        lines.append(f"likely {value.plain}")
+    elif hypotheses:
         best = max(
             hypotheses,
             key=lambda h: h["confidence"] if fmt.is_number(h.get("confidence")) else 0,
