@@ -238,36 +238,7 @@ async def test_a_suggestion_verifies_with_the_signal_query_back_past_its_thresho
 
 
 async def test_a_case_opened_by_the_agent_gets_its_analysis_attached(agent) -> None:
-    await agent.change_store.add(
-        Change(
-            T - 40,
-            "rag-api",
-            "deploy",
-            "rag-api 1.5.0: 4-bit quantised model",
-            None,
-            None,
-            "api",
-        )
-    )
-    doc = await agent.case_service.on_signal(
-        Signal(
-            kind="score_drop",
-            failure_class="COHERENCE_DEGRADATION",
-            trigger="quality_drop",
-            service="rag-api",
-            span_name=None,
-            at=T,
-            severity="high",
-            summary="coherence 0.52 against 0.88",
-            subject="coherence",
-            candidates={"COHERENCE_DEGRADATION": 0.8, "PROMPT_REGRESSION": 0.2},
-        )
-    )
-    agent.engine.submit(doc["id"])
-    await asyncio.wait_for(agent.engine.idle.wait(), 10)
-
-    stored = await agent.case_store.get(1)
-    assert stored is not None
+    stored = await opened_with_suggestion(agent)
     assert stored["analysis"]["root_cause"] == "quantized-model-rollout"
     assert stored["hypotheses"][0]["cause_id"] == "quantized-model-rollout"
     assert stored["timeline"][-1]["type"] == "analysis"

@@ -274,7 +274,7 @@ class CaseService:
             stamp = rfc3339(at)
             if holds:
                 lifecycle.apply(doc, Request("RESOLVED", "agent", AGENT, detail), stamp)
-                opened = _epoch(doc["opened_at"])
+                opened = parse_rfc3339(doc["opened_at"])
                 fix = doc.get("fix") or {}
                 doc["resolution"] = {
                     "root_cause": fix.get("root_cause") or _suggested_cause(doc),
@@ -415,7 +415,8 @@ def _suggested_action(doc: dict[str, Any]) -> str | None:
     return _suggested(doc).get("action")
 
 
-def _epoch(text: str) -> float | None:
+def parse_rfc3339(text: str) -> float | None:
+    """Epoch seconds of an RFC 3339 time as the API writes it; None for anything else."""
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except (AttributeError, ValueError):

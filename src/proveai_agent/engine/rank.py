@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field
-from datetime import datetime
 from functools import cache
 from pathlib import Path, PurePath
 from typing import Any
 
 from ..cases import correlate
 from ..cases.correlate import has
+from ..cases.service import parse_rfc3339
 
 CATALOGUE = Path(__file__).with_name("causes.toml")
 MIN_CONFIDENCE = 0.5
@@ -185,12 +185,18 @@ def rank(evidence: Evidence, kb_weight: float = 0.15) -> list[Scored]:
         )
         joint = score * explored[failure_class]
         scored.append(Scored(cause, failure_class, joint, fits, matched))
+    return confide(scored)[:MAX_HYPOTHESES]
+
+
+def confide(scored: list[Scored]) -> list[Scored]:
+    """Sort by joint score and set each confidence from its margin over the nearest other."""
     scored.sort(key=lambda s: -s.joint)
-    for index, item in enumerate(scored):
-        nearest = max((s.joint for j, s in enumerate(scored) if j != index), default=0.0)
+    for item in scored:
+        others = [s.joint for s in scored[:2] if s is not item]
+        nearest = others[0] if others else 0.0
         margin = max(0.0, (item.joint - nearest) / item.joint) if item.joint > 0 else 0.0
         item.confidence = round(min(1.0, item.joint * (0.6 + 0.4 * margin)), 3)
-    return scored[:MAX_HYPOTHESES]
+    return scored
 
 
 def missing_evidence(evidence: Evidence, scored: list[Scored]) -> list[str]:
@@ -281,9 +287,4 @@ def _detail_fit(cause: Cause, evidence: Evidence) -> float:
 
 
 def _epoch(text: Any) -> float | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+    return parse_rfc3339(text) if isinstance(text, str) else None

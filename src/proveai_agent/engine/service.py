@@ -199,12 +199,7 @@ def _reweight(scored: list[Scored], choice: str, weight: float) -> list[Scored]:
     for item in scored:
         if item.cause.id == choice:
             item.joint += weight * item.joint
-    scored.sort(key=lambda s: -s.joint)
-    for index, item in enumerate(scored):
-        nearest = max((s.joint for j, s in enumerate(scored) if j != index), default=0.0)
-        margin = max(0.0, (item.joint - nearest) / item.joint) if item.joint > 0 else 0.0
-        item.confidence = round(min(1.0, item.joint * (0.6 + 0.4 * margin)), 3)
-    return scored
+    return rank.confide(scored)
 
 
 def _hypothesis(item: Scored) -> dict[str, Any]:
