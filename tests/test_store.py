@@ -159,3 +159,36 @@ async def test_checkpoint_moves_the_wal_into_the_database(store):
     await spans.checkpoint()
     after = path.stat().st_size
     assert after > before + 100 * 1024
+
+
+async def test_a_transaction_whose_body_fails_leaves_nothing_and_raises_that_error(tmp_path):
+    conn = await db.connect(tmp_path / "t.db")
+    try:
+        await conn.execute("CREATE TABLE t (x INTEGER)")
+        with pytest.raises(ValueError, match="body failed"):
+            async with db.transaction(conn):
+                await conn.execute("INSERT INTO t VALUES (1)")
+                raise ValueError("body failed")
+        async with conn.execute("SELECT count(*) FROM t") as cur:
+            assert await cur.fetchone() == (0,)
+        assert not conn.in_transaction
+    finally:
+        await conn.close()
+
+
+async def test_a_cancellation_after_the_commit_ran_stays_a_cancellation(tmp_path):
+    # A task cancelled while it awaits COMMIT: the commit still runs in the connection's
+    # thread, so the rollback that follows finds no transaction. The task must still end
+    # cancelled, not with the rollback's error, which a worker loop would catch and go on.
+    conn = await db.connect(tmp_path / "t.db")
+    try:
+        await conn.execute("CREATE TABLE t (x INTEGER)")
+        with pytest.raises(asyncio.CancelledError):
+            async with db.transaction(conn):
+                await conn.execute("INSERT INTO t VALUES (1)")
+                await conn.execute("COMMIT")
+                raise asyncio.CancelledError
+        async with conn.execute("SELECT count(*) FROM t") as cur:
+            assert await cur.fetchone() == (1,)
+    finally:
+        await conn.close()

@@ -41,6 +41,8 @@ from .watch.promql import MetricsSource, SourceError
 from .watch.schemes import Scheme, detect
 
 logger = logging.getLogger(__name__)
+STOP_TIMEOUT_S = 10.0
+"""How long stopping waits for each background task to end once cancelled."""
 
 
 class _Collector:
@@ -151,7 +153,10 @@ class Agent:
         try:
             for task in self._tasks:
                 task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._tasks:
+                _, stuck = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
+                for task in stuck:  # it swallowed the cancellation: stop waiting for it
+                    logger.error("task %s did not stop when cancelled", task.get_name())
             self._tasks.clear()
             if self._runner is not None:
                 await self._runner.cleanup()

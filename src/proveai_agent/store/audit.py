@@ -16,6 +16,8 @@ from typing import Any
 
 import aiosqlite
 
+from .db import transaction
+
 GENESIS = "0" * 64
 """The previous hash of the first record."""
 
@@ -65,8 +67,7 @@ class AuditStore:
         at: float | None = None,
     ) -> dict[str, Any]:
         """Append one record, chained to the last, in one transaction; returns it."""
-        await self._writer.execute("BEGIN IMMEDIATE")
-        try:
+        async with transaction(self._writer):
             async with self._writer.execute(
                 "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
             ) as cur:
@@ -96,10 +97,6 @@ class AuditStore:
                     record["hash"],
                 ),
             )
-            await self._writer.execute("COMMIT")
-        except BaseException:
-            await self._writer.execute("ROLLBACK")
-            raise
         return record
 
     async def records(self, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:

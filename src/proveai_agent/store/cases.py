@@ -7,6 +7,8 @@ from typing import Any
 
 import aiosqlite
 
+from .db import transaction
+
 OPEN_STATES = (
     "DETECTED",
     "TRIAGED",
@@ -24,8 +26,7 @@ class CaseStore:
 
     async def insert(self, doc: dict[str, Any], opened_at: float) -> int:
         """Store a new case; returns its number (the n of CASE-n)."""
-        await self._writer.execute("BEGIN IMMEDIATE")
-        try:
+        async with transaction(self._writer):
             cur = await self._writer.execute(
                 "INSERT INTO cases (state, severity, service, failure_class, trigger, title,"
                 " opened_at, updated_at, last_signal_at, doc)"
@@ -47,10 +48,6 @@ class CaseStore:
             await self._writer.execute(
                 "UPDATE cases SET doc = ? WHERE id = ?", (json.dumps(doc), number)
             )
-            await self._writer.execute("COMMIT")
-        except BaseException:
-            await self._writer.execute("ROLLBACK")
-            raise
         return number
 
     async def update(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiosqlite
@@ -129,6 +132,26 @@ async def connect(path: Path) -> aiosqlite.Connection:
     return conn
 
 
+@contextlib.asynccontextmanager
+async def transaction(conn: aiosqlite.Connection) -> AsyncIterator[None]:
+    """BEGIN IMMEDIATE, then COMMIT, or ROLLBACK when the body raises or is cancelled.
+
+    The exception that ended the body is the one raised. A cancelled await does not stop the
+    statement it waited for: the connection's thread still runs it, and the ROLLBACK queued
+    behind it. When that statement was the COMMIT, nothing is left to roll back, and the
+    rollback's own error must not replace the cancellation, or the cancelled task would carry
+    on as if an ordinary error had happened.
+    """
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        await conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.OperationalError):
+            await conn.execute("ROLLBACK")
+        raise
+
+
 async def migrate(conn: aiosqlite.Connection) -> int:
     """Bring the schema up to date; returns the version now in force."""
     async with conn.execute("PRAGMA user_version") as cur:
@@ -140,15 +163,10 @@ async def migrate(conn: aiosqlite.Connection) -> int:
             f"({len(MIGRATIONS)}); upgrade the agent"
         )
     for target in range(version, len(MIGRATIONS)):
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
+        async with transaction(conn):
             for statement in _statements(MIGRATIONS[target]):
                 await conn.execute(statement)
             await conn.execute(f"PRAGMA user_version={target + 1}")
-            await conn.execute("COMMIT")
-        except BaseException:
-            await conn.execute("ROLLBACK")
-            raise
         logger.info("database schema migrated to version %d", target + 1)
     return len(MIGRATIONS)
 
