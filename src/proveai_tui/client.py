@@ -107,6 +107,49 @@ class AgentClient:
         """`GET /api/traces/{trace_id}`: the trace's spans."""
         return await self._get_object(f"/api/traces/{quote(trace_id.lower(), safe='')}")
 
+    async def changes(self, **params: str) -> dict[str, Any]:
+        """`GET /api/changes` (service, since): deploys, file and attribute changes."""
+        return await self._get_object("/api/changes", params)
+
+    async def audit(self, after: int = 0, limit: int = 1000) -> dict[str, Any]:
+        """`GET /api/audit`: audit records after sequence number `after`, oldest first."""
+        return await self._get_object("/api/audit", {"after": after, "limit": limit})
+
+    async def audit_verify(self) -> dict[str, Any]:
+        """`GET /api/audit/verify`: whether the chain holds, and the first broken record."""
+        return await self._get_object("/api/audit/verify")
+
+    async def transition(
+        self, case_id: str, to: str, actor: str, **fields: str
+    ) -> dict[str, Any]:
+        """`POST /api/cases/{id}/transition`; the case as it is now. A refusal (409) comes
+        back as an AgentError whose message is the agent's reason."""
+        body = {"to": to, "actor": actor, **{k: v for k, v in fields.items() if v}}
+        return await self._post_object(f"/api/cases/{quote(case_id, safe='')}/transition", body)
+
+    async def add_note(self, case_id: str, actor: str, text: str) -> dict[str, Any]:
+        """`POST /api/cases/{id}/notes`; the case with the note in its timeline."""
+        body = {"actor": actor, "text": text}
+        return await self._post_object(f"/api/cases/{quote(case_id, safe='')}/notes", body)
+
+    async def feedback(
+        self, case_id: str, suggestion_id: str, helpful: bool, actor: str, note: str = ""
+    ) -> dict[str, Any]:
+        """`POST /api/cases/{id}/feedback` on one suggestion."""
+        body: dict[str, Any] = {
+            "suggestion_id": suggestion_id,
+            "helpful": helpful,
+            "actor": actor,
+        }
+        if note:
+            body["note"] = note
+        return await self._post_object(f"/api/cases/{quote(case_id, safe='')}/feedback", body)
+
+    async def ticket(self, case_id: str, system: str, actor: str) -> dict[str, Any]:
+        """`POST /api/cases/{id}/ticket` (system github or jira); the ticket made."""
+        body = {"system": system, "actor": actor}
+        return await self._post_object(f"/api/cases/{quote(case_id, safe='')}/ticket", body)
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -133,12 +176,31 @@ class AgentClient:
             )
         return answer
 
+    async def _post_object(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        answer = await self._request("POST", path, body=body)
+        if not isinstance(answer, dict):
+            raise AgentError(
+                f"POST {path}: the agent answered {type(answer).__name__}, not an object"
+            )
+        return answer
+
     async def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        return await self._request("GET", path, params=params)
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> Any:
         url = self.base_url + path
         clean = {k: str(v) for k, v in (params or {}).items() if v is not None and v != ""}
         try:
-            async with self._client_session().get(url, params=clean) as response:
-                body = await response.read()
+            async with self._client_session().request(
+                method, url, params=clean, json=body
+            ) as response:
+                body_bytes = await response.read()
                 status = response.status
         except aiohttp.ClientConnectorError as error:
             raise _connect_error(self.base_url, error) from None
@@ -151,13 +213,15 @@ class AgentClient:
                 f"no answer from {self.base_url} within {self._timeout_s:g} s"
             ) from None
         except aiohttp.ClientError as error:
-            raise AgentError(f"GET {path} failed: {error or type(error).__name__}") from None
+            raise AgentError(
+                f"{method} {path} failed: {error or type(error).__name__}"
+            ) from None
 
         if status >= 400:
-            refused = _http_error(status, body)
-            logger.debug("GET %s: %s", url, refused.message)
+            refused = _http_error(status, body_bytes)
+            logger.debug("%s %s: %s", method, url, refused.message)
             raise refused
         try:
-            return json.loads(body)
+            return json.loads(body_bytes)
         except ValueError:
-            raise AgentError(f"GET {path}: the answer is not JSON", status) from None
+            raise AgentError(f"{method} {path}: the answer is not JSON", status) from None
