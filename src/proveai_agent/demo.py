@@ -129,8 +129,12 @@ def run_demo(args: argparse.Namespace) -> int:
         sim_cmd = [python, "-m", "proveai_agent", "simulate", "--rate", str(args.rate)]
         sim_cmd += ["--seed", "1"]
         if args.inject != "none":
-            sim_cmd += ["--inject", args.inject, "--at", str(args.at)]
-            print(f"simulator        injects {args.inject} {args.at:.0f} s after start")
+            # The simulated service gets better once the console marks a fix applied.
+            sim_cmd += ["--inject", args.inject, "--at", str(args.at), "--fix-when-applied"]
+            print(
+                f"simulator        injects {args.inject} {args.at:.0f} s after start,"
+                " until a fix is applied"
+            )
         with open(data_dir / "simulator.log", "ab") as log:
             simulator = subprocess.Popen(
                 sim_cmd,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from proveai_agent.simulate import PlannedSpan
 from proveai_agent.simulate.agents import AgentSystem
+from proveai_agent.simulate.applied import FixWatcher
 from proveai_agent.simulate.changes import ChangePlayer, agent_api
 from proveai_agent.simulate.faults import FAULT_KINDS, Effect, Fault, FaultSchedule
 from proveai_agent.simulate.library import Scenario, ScenarioError, scenarios, suffixed
@@ -98,6 +99,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop the fault when FILE is written with 'fix' in it (read once a second)",
     )
     parser.add_argument(
+        "--fix-when-applied",
+        action="store_true",
+        help="stop the fault once the agent has a case about it in FIX_APPLIED or VERIFYING "
+        "(asked once a second), as if the engineer's fix had worked",
+    )
+    parser.add_argument(
         "--scenario", metavar="NAME", help="run a failure scenario of the library (--list)"
     )
     parser.add_argument(
@@ -141,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         faults = plan_faults(args)
+        if args.fix_when_applied and not faults:
+            raise UsageError("--fix-when-applied needs --inject or --scenario")
     except UsageError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
@@ -172,6 +181,19 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
     schedule = FaultSchedule(faults, args.control)
+    watcher = None
+    if args.fix_when_applied:
+
+        def fixed(case_id: str) -> None:
+            print(f"simulate: {case_id} has a fix applied; stopping the fault", flush=True)
+            schedule.request_fix()
+
+        api = agent_api(args.agent, args.api_key)
+        if api.url is None:
+            print(f"{PROG}: error: --fix-when-applied needs the agent's URL", file=sys.stderr)
+            return 2
+        watcher = FixWatcher(api, {fault.service for fault in faults}, fixed)
+        watcher.start()
     print(
         f"simulate: sending to {_destination(args.agent, args.api_key)}; "
         + ", ".join(f"{source.service} {rate:g} traces/s" for source, rate in sources)
@@ -193,6 +215,8 @@ def run(args: argparse.Namespace) -> int:
         ]
         _drive(streams, schedule, stop, args.duration, player)
     finally:
+        if watcher is not None:
+            watcher.stop()
         for provider in providers.values():
             provider.shutdown()
         for signum, handler in previous.items():
