@@ -165,7 +165,15 @@ async def test_overview_document_shape_and_series(vm: VMHandle) -> None:
     )
     doc = await overview(None, vm.source(), NOW, range_s=1800)
 
-    assert set(doc) == {"at", "sources", "spanmetrics", "services"}
+    assert set(doc) == {
+        "at",
+        "sources",
+        "spanmetrics",
+        "read_from",
+        "range_s",
+        "step_s",
+        "services",
+    }
     assert doc["at"] == time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(NOW))
     assert doc["sources"] == {
         "prometheus": {"up": False, "error": "not configured"},
@@ -179,6 +187,9 @@ async def test_overview_document_shape_and_series(vm: VMHandle) -> None:
         "p50_s",
         "p95_s",
         "p99_s",
+        "ttft_p95_s",
+        "output_tokens_per_s",
+        "quality",
         "series",
     }
     rates = rag["series"]["rate_rps"]
