@@ -1,8 +1,9 @@
 """A stand-in for the agent's read API, serving the JSON payloads in this folder.
 
-It answers exactly the shapes of the agent's `/api/overview`, `/api/cases`, `/api/cases/{id}`
-and `/api/traces/{trace_id}`, refuses requests without the key (401), and can be stopped and
-started again on the same port to play an agent that goes away and comes back.
+It answers exactly the shapes of the agent's `/api/overview`, `/api/cases` (filtered and paged
+by the agent's rules), `/api/cases/{id}`, `/api/traces/{trace_id}`, `/api/changes`,
+`/api/audit` and `/api/audit/verify`, refuses requests without the key (401), and can be
+stopped and started again on the same port to play an agent that goes away and comes back.
 
 Run on its own: `python fake_agent.py --port 8470 --key KEY [--recent]`.
 """
@@ -25,10 +26,86 @@ from proveai_agent.stack.native import free_port
 HERE = Path(__file__).parent
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 FIXTURE_NOW = datetime(2025, 6, 2, 9, 30, 0, tzinfo=UTC)
+OPEN_STATES = (
+    "DETECTED",
+    "TRIAGED",
+    "INVESTIGATING",
+    "REMEDIATION_SUGGESTED",
+    "FIX_APPLIED",
+    "VERIFYING",
+)
+CHANGES = [
+    {
+        "id": 1,
+        "at": "2025-06-01T13:40:00Z",
+        "service": "rag-api",
+        "kind": "file",
+        "summary": "retrieval config changed: top_k",
+        "before": "top_k: 8",
+        "after": "top_k: 2",
+        "source": "watch",
+    },
+    {
+        "id": 2,
+        "at": "2025-06-02T09:05:00Z",
+        "service": "rag-api",
+        "kind": "deploy",
+        "summary": "rag-api v2.4.1 rolled out",
+        "before": "v2.4.0",
+        "after": "v2.4.1",
+        "source": "api",
+    },
+    {
+        "id": 3,
+        "at": "2025-06-02T09:12:00Z",
+        "service": "embedder",
+        "kind": "attribute",
+        "summary": "gen_ai.request.model changed on embed",
+        "before": "text-embed-3-small",
+        "after": "text-embed-3-large",
+        "source": "spans",
+    },
+]
+"""Changes in the order the agent lists them: oldest first."""
+AUDIT_AT = 1748856000.0
+"""2025-06-02T09:20:00Z, when the fixtures' audit records start."""
 
 
 def load(name: str) -> Any:
     return json.loads((HERE / name).read_text())
+
+
+def case_number(case_id: str) -> int | None:
+    """The n of CASE-n, as the agent parses a cursor; None for anything else."""
+    prefix, _, number = case_id.partition("-")
+    if prefix != "CASE" or not number.isdigit() or len(number) > 18:
+        return None
+    return int(number)
+
+
+def like(text: str, pattern: str) -> bool:
+    """SQLite's `LIKE '%pattern%'` with every wildcard escaped: a substring test that
+    ignores the case of ASCII letters only."""
+    ascii_lower = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+    return pattern.translate(ascii_lower) in text.translate(ascii_lower)
+
+
+def audit_records(count: int) -> list[dict[str, Any]]:
+    """`count` records in the shape of `/api/audit`, a minute apart from AUDIT_AT."""
+    actions = ("case.signal", "case.transition", "case.note")
+    return [
+        {
+            "seq": seq,
+            "at": AUDIT_AT + 60 * (seq - 1),
+            "actor": "agent" if seq % 3 else "ana",
+            "action": actions[seq % 3],
+            "subject": f"CASE-{(seq + 1) // 2}",
+            "data": {"n": seq},
+            "prev_hash": f"{seq - 1:064x}",
+            "hash": f"{seq:064x}",
+        }
+        for seq in range(1, count + 1)
+    ]
 
 
 def shift_times(payload: Any, by_s: float) -> Any:
@@ -58,6 +135,10 @@ class FakeAgent:
         self.overview: dict[str, Any] = load("overview.json")
         self.cases: dict[str, Any] = load("cases.json")
         self.case_overrides: dict[str, Any] = {}
+        self.changes: list[dict[str, Any]] = copy.deepcopy(CHANGES)
+        self.audit: list[dict[str, Any]] = audit_records(6)
+        self.audit_verdict: dict[str, Any] | None = None
+        """What `/api/audit/verify` says; None says the chain of `audit` holds."""
         self.requests: list[tuple[str, str | None]] = []
         self._shift_s = (datetime.now(UTC) - FIXTURE_NOW).total_seconds() if recent else 0.0
         self._runner: web.AppRunner | None = None
@@ -73,6 +154,9 @@ class FakeAgent:
         app.router.add_get("/api/cases", self._case_list)
         app.router.add_get("/api/cases/{case_id}", self._case)
         app.router.add_get("/api/traces/{trace_id}", self._trace)
+        app.router.add_get("/api/changes", self._change_list)
+        app.router.add_get("/api/audit", self._audit)
+        app.router.add_get("/api/audit/verify", self._audit_verify)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
@@ -101,13 +185,42 @@ class FakeAgent:
         return self._answer(self.overview)
 
     async def _case_list(self, request: web.Request) -> web.Response:
-        items = copy.deepcopy(self.cases["items"])
-        if (state := request.query.get("state")) == "open":
-            items = [case for case in items if case["state"] not in ("RESOLVED", "CLOSED")]
+        """Filters, order (newest first) and paging as the agent's case store does them."""
+        q = request.query
+        try:
+            limit = int(q.get("limit", "100"))
+        except ValueError:
+            return self._answer({"error": "limit must be an integer"}, 400)
+        if not 1 <= limit <= 1000:
+            return self._answer({"error": "limit must be between 1 and 1000"}, 400)
+        before = None
+        if q.get("cursor"):
+            before = case_number(q["cursor"])
+            if before is None:
+                return self._answer({"error": "cursor must be a case id such as CASE-12"}, 400)
+
+        items = [case for case in self.cases["items"] if case_number(case["id"]) is not None]
+        if (state := q.get("state")) == "open":
+            items = [case for case in items if case["state"] in OPEN_STATES]
         elif state:
             items = [case for case in items if case["state"] == state]
-        limit = int(request.query.get("limit", "50"))
-        return self._answer({"items": items[:limit], "next": None, "total": len(items)})
+        if failure_class := q.get("class"):
+            items = [case for case in items if case.get("failure_class") == failure_class]
+        if service := q.get("service"):
+            items = [case for case in items if case["service"] == service]
+        if text := q.get("q"):
+            items = [
+                case
+                for case in items
+                if like(case["title"], text) or like(case["service"], text)
+            ]
+        items.sort(key=lambda case: -(case_number(case["id"]) or 0))
+        total = len(items)
+        if before is not None:
+            items = [case for case in items if (case_number(case["id"]) or 0) < before]
+        page = copy.deepcopy(items[:limit])
+        next_cursor = page[-1]["id"] if len(page) == limit else None
+        return self._answer({"items": page, "next": next_cursor, "total": total})
 
     async def _case(self, request: web.Request) -> web.Response:
         if request.match_info["case_id"] in self.case_overrides:
@@ -123,6 +236,54 @@ class FakeAgent:
         if not re.fullmatch(r"[0-9a-f]{32}", trace_id) or not path.is_file():
             return self._answer({"error": f"no trace {trace_id}"}, 404)
         return self._answer(json.loads(path.read_text()))
+
+    async def _change_list(self, request: web.Request) -> web.Response:
+        """Changes of one service or all, at or after `since`, oldest first, at most 500."""
+        items = self.changes
+        if service := request.query.get("service"):
+            items = [change for change in items if change["service"] == service]
+        if since := request.query.get("since"):
+            try:
+                moment = float(since)
+            except ValueError:
+                try:
+                    moment = datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp()
+                except ValueError:
+                    error = "since must be an RFC 3339 time or epoch seconds"
+                    return self._answer({"error": error}, 400)
+            items = [change for change in items if self._epoch(change["at"]) >= moment]
+        items = sorted(items, key=lambda change: (change["at"], change["id"]))[:500]
+        return self._answer({"items": copy.deepcopy(items)})
+
+    def _epoch(self, timestamp: str) -> float:
+        """A fixture's timestamp in epoch seconds, as the console is told it."""
+        return (
+            datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp() + self._shift_s
+        )
+
+    async def _audit(self, request: web.Request) -> web.Response:
+        try:
+            after = int(request.query.get("after", "0"))
+            limit = int(request.query.get("limit", "1000"))
+        except ValueError:
+            return self._answer({"error": "after and limit must be integers"}, 400)
+        if after < 0 or not 1 <= limit <= 10_000:
+            error = "after must be 0 or more and limit between 1 and 10000"
+            return self._answer({"error": error}, 400)
+        items = sorted(
+            (record for record in self.audit if record["seq"] > after),
+            key=lambda record: record["seq"],
+        )
+        return web.json_response({"items": copy.deepcopy(items[:limit])})
+
+    async def _audit_verify(self, request: web.Request) -> web.Response:
+        verdict = self.audit_verdict or {
+            "ok": True,
+            "records": len(self.audit),
+            "first_bad": None,
+            "reason": "the chain holds",
+        }
+        return web.json_response(verdict)
 
 
 async def serve(port: int, key: str, recent: bool) -> None:

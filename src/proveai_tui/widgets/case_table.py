@@ -1,4 +1,4 @@
-"""The list of open cases: id, severity, state, class, service, age and, with room, title."""
+"""A list of cases: id, severity, state, class, service, age, and with room the title."""
 
 from __future__ import annotations
 
@@ -22,9 +22,11 @@ HEADERS = {
     "class": "class",
     "service": "service",
     "age": "age",
+    "confidence": "conf",
     "title": "title",
 }
 BASE_COLUMNS = ("id", "severity", "state", "class", "service", "age")
+"""The columns of the overview's list of open cases."""
 SHORT = {
     "class": {
         "HALLUCINATION": "HALLUCIN",
@@ -55,8 +57,14 @@ def case_cells(case: dict[str, Any], now: datetime) -> dict[str, str]:
         "class": str(case.get("failure_class") or fmt.DASH),
         "service": str(case.get("service") or fmt.DASH),
         "age": fmt.age(case.get("opened_at"), now),
+        "confidence": confidence(case.get("top_confidence")),
         "title": str(case.get("title") or ""),
     }
+
+
+def confidence(value: Any) -> str:
+    """The best hypothesis's confidence, two decimals; "—" before the engine has ranked."""
+    return f"{value:.2f}" if fmt.is_number(value) else fmt.DASH
 
 
 def _natural(rows: list[dict[str, str]], key: str) -> int:
@@ -64,9 +72,9 @@ def _natural(rows: list[dict[str, str]], key: str) -> int:
 
 
 def fit_columns(
-    rows: list[dict[str, str]], width: int
+    rows: list[dict[str, str]], width: int, columns: tuple[str, ...] = BASE_COLUMNS
 ) -> tuple[list[dict[str, str]], dict[str, int]]:
-    """The rows and column widths that fit `width` cells, every base column kept.
+    """The rows and column widths that fit `width` cells, every one of `columns` kept.
 
     Class, then state, take their short forms; then service, class and state are cut with
     "…" down to 8 cells, widest first. The title comes last, only where it has room to be
@@ -79,7 +87,7 @@ def fit_columns(
     fitted = [dict(row) for row in rows]
 
     def over() -> int:
-        return sum(_natural(fitted, k) for k in BASE_COLUMNS) + pad * len(BASE_COLUMNS) - width
+        return sum(_natural(fitted, k) for k in columns) + pad * len(columns) - width
 
     for key, short in SHORT.items():
         if over() <= 0:
@@ -87,10 +95,10 @@ def fit_columns(
         for row in fitted:
             row[key] = short.get(row[key], row[key])
 
-    widths = {key: _natural(fitted, key) for key in BASE_COLUMNS}
+    widths = {key: _natural(fitted, key) for key in columns}
     excess = over()
     while excess > 0:
-        candidates = [key for key in SHRINKABLE if widths[key] > MIN_SHRUNK]
+        candidates = [key for key in SHRINKABLE if key in widths and widths[key] > MIN_SHRUNK]
         if not candidates:
             break
         widest = max(candidates, key=lambda key: widths[key])
@@ -105,7 +113,13 @@ def fit_columns(
 
 
 class CaseTable(DataTable, inherit_bindings=False):
-    """Open cases, one per row, keyed by case id; Enter asks to open the highlighted one."""
+    """Cases, one per row, keyed by case id; Enter asks to open the highlighted one.
+
+    Args:
+        columns: the columns always shown, in order; the title joins them where it fits.
+        keep_order: show cases in the order given rather than most severe first, for a list
+            whose owner sorts it.
+    """
 
     help_title = "Open cases"
 
@@ -132,10 +146,14 @@ class CaseTable(DataTable, inherit_bindings=False):
         Binding("end,G", "scroll_bottom", "Last case", show=False, id="cases.last"),
     ]
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(
+        self, columns: tuple[str, ...] = BASE_COLUMNS, keep_order: bool = False, **kwargs
+    ) -> None:
         super().__init__(
             cursor_type="row", zebra_stripes=False, cell_padding=CELL_PADDING, **kwargs
         )
+        self._columns = columns
+        self._keep_order = keep_order
         self._cases: list[dict[str, Any]] = []
         self._drawn: tuple | None = None
         self._told: tuple | None = None
@@ -155,8 +173,18 @@ class CaseTable(DataTable, inherit_bindings=False):
             return None
         return str(self.coordinate_to_cell_key(Coordinate(self.cursor_row, 0)).row_key.value)
 
+    @property
+    def cases(self) -> list[dict[str, Any]]:
+        """The case summaries shown, in the order of the rows."""
+        return list(self._cases)
+
     def show_cases(self, cases: list[dict[str, Any]]) -> None:
-        """Show cases, most severe first, then newest; redraws only when a cell changed."""
+        """Show cases, most severe first then newest unless the order is kept; redraws only
+        when a cell changed."""
+        if self._keep_order:
+            self._cases = list(cases)
+            self._draw()
+            return
         self._cases = sorted(
             cases,
             key=lambda c: (
@@ -173,7 +201,7 @@ class CaseTable(DataTable, inherit_bindings=False):
         now = datetime.now(UTC)
         rows = [case_cells(case, now) for case in self._cases]
         width = max(self.size.width - 1, 40)
-        rows, widths = fit_columns(rows, width)
+        rows, widths = fit_columns(rows, width, self._columns)
         drawn = (
             tuple(widths.items()),
             tuple(tuple(row[key] for key in widths) for row in rows),
