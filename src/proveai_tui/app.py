@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import ClassVar
 
@@ -19,7 +20,7 @@ from textual.worker import Worker, WorkerState
 
 from proveai_tui import __version__
 from proveai_tui.client import DEFAULT_URL, AgentClient, AgentError
-from proveai_tui.feed import LiveSource, PollingSource, Snapshot
+from proveai_tui.feed import SAFETY_POLL_S, LiveSource, Snapshot, StreamSource
 from proveai_tui.screens.case import CaseScreen
 from proveai_tui.screens.help import HelpScreen, KeyGroup, KeyRow, help_title
 from proveai_tui.screens.overview import OverviewScreen
@@ -46,7 +47,7 @@ class ConsoleApp(App[None], inherit_bindings=False):
 
     Args:
         client: the agent client, also used by screens for one-off reads.
-        source: where live data comes from; polling the client by default.
+        source: where live data comes from; the agent's stream by default.
     """
 
     CSS_PATH = "app.tcss"
@@ -75,7 +76,7 @@ class ConsoleApp(App[None], inherit_bindings=False):
     def __init__(self, client: AgentClient, source: LiveSource | None = None) -> None:
         super().__init__()
         self.client = client
-        self.source = source or PollingSource(client)
+        self.source = source or StreamSource(client)
         self.last_data: datetime | None = None
         self.overview_screen = OverviewScreen()
 
@@ -114,7 +115,10 @@ class ConsoleApp(App[None], inherit_bindings=False):
             for screen in self.screen_stack:
                 if isinstance(screen, CaseScreen):
                     screen.cases_changed(snapshot.cases)
-        self.link = link_after(snapshot.error, self.client.base_url, self.last_data)
+        link = link_after(snapshot.error, self.client.base_url, self.last_data)
+        same = self.link is not None and self.link.state == link.state
+        since = self.link.since if same and self.link is not None else snapshot.at
+        self.link = replace(link, since=since)
 
     def on_overview_screen_case_chosen(self, message: OverviewScreen.CaseChosen) -> None:
         self.push_screen(CaseScreen(message.case_id, self.client))
@@ -185,8 +189,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--interval",
         metavar="SECONDS",
         type=float,
-        default=2.0,
-        help="seconds between polls of the agent (default: 2)",
+        default=SAFETY_POLL_S,
+        help="seconds between full reads of the agent besides its live stream, which catch"
+        f" anything the stream missed (default: {SAFETY_POLL_S:g})",
     )
     parser.add_argument("--log", metavar="FILE", help="write the console's log to FILE")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -219,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the console until the user quits."""
     args = parse_args(argv)
     configure_logging(args.log)
-    ConsoleApp(args.client, PollingSource(args.client, args.interval)).run()
+    ConsoleApp(args.client, StreamSource(args.client, args.interval)).run()
     return 0
 
 

@@ -150,6 +150,41 @@ class AgentClient:
         body = {"system": system, "actor": actor}
         return await self._post_object(f"/api/cases/{quote(case_id, safe='')}/ticket", body)
 
+    async def stream(
+        self, max_message_bytes: int, heartbeat_s: float = 10.0
+    ) -> aiohttp.ClientWebSocketResponse:
+        """Open `GET /api/stream`, the agent's websocket of live updates; the caller closes it.
+
+        The connection pings every `heartbeat_s` so that an agent gone without a word (a lost
+        SSH tunnel, a killed host) is noticed; the request timeout covers only the handshake.
+        """
+        try:
+            return await self._client_session().ws_connect(
+                self.base_url + "/api/stream",
+                heartbeat=heartbeat_s,
+                max_msg_size=max_message_bytes,
+            )
+        except aiohttp.WSServerHandshakeError as error:
+            if error.status >= 400:
+                raise _http_error(error.status, b"") from None
+            raise AgentError(
+                f"GET /api/stream: {error.status} is not a websocket", error.status
+            ) from None
+        except aiohttp.ClientConnectorError as error:
+            raise _connect_error(self.base_url, error) from None
+        except aiohttp.ServerDisconnectedError:
+            raise AgentError(
+                f"{self.base_url} closed the connection without answering"
+            ) from None
+        except TimeoutError:
+            raise AgentError(
+                f"no answer from {self.base_url} within {self._timeout_s:g} s"
+            ) from None
+        except aiohttp.ClientError as error:
+            raise AgentError(
+                f"GET /api/stream failed: {error or type(error).__name__}"
+            ) from None
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()

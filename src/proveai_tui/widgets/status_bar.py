@@ -23,12 +23,30 @@ class Link:
         agent: the agent's address.
         reason: the readable cause when not connected.
         last_data: when data last arrived, None if it never did.
+        since: when the link entered this state, None if not known.
     """
 
     state: str
     agent: str
     reason: str = ""
     last_data: datetime | None = None
+    since: datetime | None = None
+
+
+def clock(at: datetime) -> str:
+    """A time of day in the local zone, as the status line writes it."""
+    return at.astimezone().strftime("%H:%M:%S")
+
+
+def reason_text(link: Link) -> str:
+    """The second line while not connected: since when, and why."""
+    if link.since is None:
+        return link.reason
+    return (
+        f"since {clock(link.since)}: {link.reason}"
+        if link.reason
+        else f"since {clock(link.since)}"
+    )
 
 
 def link_text(link: Link) -> Text:
@@ -49,9 +67,7 @@ def link_text(link: Link) -> Text:
     }
     text.append("✕ " + words.get(link.state, f"{link.state} — retrying"), style=palette.ALARM)
     if link.last_data is not None:
-        text.append(
-            f"  last data {link.last_data.astimezone().strftime('%H:%M:%S')}", style="dim"
-        )
+        text.append(f"  last data {clock(link.last_data)}", style="dim")
     return text
 
 
@@ -76,5 +92,5 @@ class StatusBar(Vertical):
             return
         self.query_one(".status-link", QuietStatic).show(link_text(link))
         reason = self.query_one(".status-reason", QuietStatic)
-        reason.show(link.reason if link.state != "connected" else "")
+        reason.show(reason_text(link) if link.state != "connected" else "")
         reason.display = link.state not in ("connected", "connecting")
