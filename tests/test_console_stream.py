@@ -171,6 +171,7 @@ async def transition(url: str, case_id: str, to: str) -> dict[str, Any]:
 # The agent's side
 
 
+@pytest.mark.integration
 async def test_the_agent_pushes_the_15m_overview_after_a_watch_cycle_to_subscribers(
     tmp_path: Path, vm: VMHandle
 ) -> None:
