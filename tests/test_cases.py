@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
+
 from agentfix import READ_KEY
 from proveai_agent.signals import Signal
 from proveai_agent.spans import Span
@@ -210,3 +212,20 @@ async def test_a_case_lists_the_changes_before_its_first_signal_and_marks_the_ca
     ]
     assert doc["recent_changes"][0]["correlation"] == 1.0
     assert doc["failure_class"] == "LATENCY_REGRESS"
+
+
+async def test_stopping_the_agent_closes_the_stream_as_going_away(agent_factory, http):
+    agent = await agent_factory()
+    async with http.ws_connect(
+        f"{agent.url}/api/stream", headers={"X-API-Key": READ_KEY}
+    ) as ws:
+        for _ in range(100):
+            if len(agent.hub):
+                break
+            await asyncio.sleep(0.01)
+        stopping = asyncio.create_task(agent.stop())
+        message = await ws.receive(timeout=5)
+        await stopping
+    assert message.type == aiohttp.WSMsgType.CLOSE
+    assert message.data == aiohttp.WSCloseCode.GOING_AWAY
+    assert message.extra == "agent stopping"

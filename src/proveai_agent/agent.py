@@ -80,6 +80,7 @@ class Agent:
         self.scheme: Scheme | None = None
         self._overview_cache: dict[int, tuple[float, dict[str, Any]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
         self.file_watcher: FileWatcher | None = None
@@ -149,7 +150,10 @@ class Agent:
 
     async def stop(self) -> None:
         """Stop serving and close the database, whatever fails on the way: a connection left
-        open keeps its thread, and the process from exiting."""
+        open keeps its thread, and the process from exiting. Stopping twice does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         try:
             for task in self._tasks:
                 task.cancel()

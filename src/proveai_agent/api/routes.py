@@ -11,7 +11,7 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..cases.lifecycle import ENGINEER, Refused, Request
@@ -367,10 +367,21 @@ def setup(app: web.Application, agent: Agent) -> None:
             return error(404, f"no stored trace {trace_id.lower()}")
         return web.json_response({"trace_id": trace_id.lower(), "spans": spans})
 
+    streams: set[web.WebSocketResponse] = set()
+
+    async def close_streams(app: web.Application) -> None:
+        """Say goodbye to live consoles at shutdown, so that they reconnect at once rather
+        than when the server gives up waiting for their handlers."""
+        for ws in list(streams):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"agent stopping")
+
+    app.on_shutdown.append(close_streams)
+
     @routes.get("/api/stream")
     async def stream(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=20)
         await ws.prepare(request)
+        streams.add(ws)
         queue = agent.hub.subscribe()
         reader = asyncio.create_task(_drain(ws))
         try:
@@ -384,6 +395,7 @@ def setup(app: web.Application, agent: Agent) -> None:
                 else:
                     getter.cancel()
         finally:
+            streams.discard(ws)
             agent.hub.unsubscribe(queue)
             reader.cancel()
             await ws.close()
