@@ -48,6 +48,7 @@ class ConsoleApp(App[None], inherit_bindings=False):
     Args:
         client: the agent client, also used by screens for one-off reads.
         source: where live data comes from; the agent's stream by default.
+        read_only: show no action at all: no key, footer entry or help line changes a case.
     """
 
     CSS_PATH = "app.tcss"
@@ -73,9 +74,12 @@ class ConsoleApp(App[None], inherit_bindings=False):
 
     link: reactive[Link | None] = reactive(None)
 
-    def __init__(self, client: AgentClient, source: LiveSource | None = None) -> None:
+    def __init__(
+        self, client: AgentClient, source: LiveSource | None = None, read_only: bool = False
+    ) -> None:
         super().__init__()
         self.client = client
+        self.read_only = read_only
         self.source = source or StreamSource(client)
         self.last_data: datetime | None = None
         self.overview_screen = OverviewScreen()
@@ -193,6 +197,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="seconds between full reads of the agent besides its live stream, which catch"
         f" anything the stream missed (default: {SAFETY_POLL_S:g})",
     )
+    parser.add_argument(
+        "--read-only",
+        action="store_true",
+        help="look without touching: no action on cases (triage, fix, note, ticket, close)",
+    )
     parser.add_argument("--log", metavar="FILE", help="write the console's log to FILE")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = parser.parse_args(argv)
@@ -224,7 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the console until the user quits."""
     args = parse_args(argv)
     configure_logging(args.log)
-    ConsoleApp(args.client, StreamSource(args.client, args.interval)).run()
+    ConsoleApp(
+        args.client, StreamSource(args.client, args.interval), read_only=args.read_only
+    ).run()
     return 0
 
 

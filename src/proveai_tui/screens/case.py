@@ -18,6 +18,7 @@ from textual.widgets.tree import TreeNode
 from proveai_tui import format as fmt
 from proveai_tui import palette
 from proveai_tui.client import AgentClient, AgentError
+from proveai_tui.screens.case_actions import CaseActions
 from proveai_tui.widgets.case_header import CaseHeader
 from proveai_tui.widgets.quiet_static import QuietStatic
 from proveai_tui.widgets.scroll_pane import ScrollPane
@@ -75,7 +76,7 @@ def content_counts(traces: list[dict[str, Any]], extra: Content) -> dict[str, tu
     return counts
 
 
-class CaseScreen(Screen, inherit_bindings=False):
+class CaseScreen(CaseActions, Screen, inherit_bindings=False):
     """Loads `/api/cases/{id}` when shown, on `r`, and when the case list says it changed."""
 
     help_title = "Case screen"
@@ -163,6 +164,7 @@ class CaseScreen(Screen, inherit_bindings=False):
 
     def _show(self, case: dict[str, Any], traces: list[dict[str, Any]]) -> None:
         self.case = case
+        self.refresh_actions()
         self.traces = traces
         self._content = snapshot_content(case)
         self.query_one(CaseHeader).show_case(case)
