@@ -91,9 +91,10 @@ class AgentClient:
     def has_key(self) -> bool:
         return self._api_key is not None
 
-    async def overview(self) -> dict[str, Any]:
-        """`GET /api/overview`: sources, spanmetrics and per-service numbers."""
-        return await self._get_object("/api/overview")
+    async def overview(self, range: str | None = None) -> dict[str, Any]:
+        """`GET /api/overview`: sources, spanmetrics and per-service numbers, with series
+        over `range` (15m, 1h, 6h, 24h, 7d, 30d, 90d, 365d); the agent's 15m by default."""
+        return await self._get_object("/api/overview", {"range": range} if range else None)
 
     async def cases(self, **params: str | int) -> dict[str, Any]:
         """`GET /api/cases` with its filters (state, class, service, q, limit, cursor)."""

@@ -26,6 +26,8 @@ from proveai_agent.stack.native import free_port
 HERE = Path(__file__).parent
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 FIXTURE_NOW = datetime(2025, 6, 2, 9, 30, 0, tzinfo=UTC)
+RANGES = ("15m", "1h", "6h", "24h", "7d", "30d", "90d", "365d")
+"""The agent's overview ranges, in its order."""
 OPEN_STATES = (
     "DETECTED",
     "TRIAGED",
@@ -133,6 +135,8 @@ class FakeAgent:
         self.key = key
         self.port = port or free_port()
         self.overview: dict[str, Any] = load("overview.json")
+        self.range_overviews: dict[str, dict[str, Any]] = {}
+        """What `?range=NAME` answers, when not the 15m overview."""
         self.cases: dict[str, Any] = load("cases.json")
         self.case_overrides: dict[str, Any] = {}
         self.changes: list[dict[str, Any]] = copy.deepcopy(CHANGES)
@@ -182,7 +186,10 @@ class FakeAgent:
         return web.json_response({"ok": True})
 
     async def _overview(self, request: web.Request) -> web.Response:
-        return self._answer(self.overview)
+        name = request.query.get("range", "15m")
+        if name not in RANGES:
+            return self._answer({"error": f"range must be one of {', '.join(RANGES)}"}, 400)
+        return self._answer(self.range_overviews.get(name, self.overview))
 
     async def _case_list(self, request: web.Request) -> web.Response:
         """Filters, order (newest first) and paging as the agent's case store does them."""

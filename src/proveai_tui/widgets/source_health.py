@@ -11,10 +11,13 @@ from proveai_tui.format import mapping
 from proveai_tui.widgets.quiet_static import QuietStatic
 
 SOURCE_NAMES = {"prometheus": "Prometheus", "victoriametrics": "VictoriaMetrics"}
+NOT_CONFIGURED = "not configured"
+"""The agent's reason for a source it was not given: not a failure."""
 
 
 def health_text(overview: dict[str, Any]) -> Text:
-    """A line with spanmetrics and each source up or DOWN, then the error of each DOWN one."""
+    """A line with spanmetrics and each source up, DOWN or not configured, then the error of
+    each DOWN one."""
     text = Text()
     spanmetrics = overview.get("spanmetrics")
     if spanmetrics:
@@ -34,6 +37,8 @@ def health_text(overview: dict[str, Any]) -> Text:
         text.append(name + " ")
         if health.get("up"):
             text.append("up", style=palette.GOOD)
+        elif health.get("error") == NOT_CONFIGURED:
+            text.append(NOT_CONFIGURED, style="dim")
         else:
             text.append("DOWN", style=palette.ALARM)
             errors.append((name, str(health.get("error") or "no reason given")))
