@@ -1,4 +1,4 @@
-"""One case: its head, its signals, its exemplar traces as span trees, and the chosen span."""
+"""One case: its head over views of its evidence, timeline, analysis, context and traces."""
 
 from __future__ import annotations
 
@@ -12,20 +12,26 @@ from textual.binding import Binding, BindingType
 from textual.containers import Container
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Tree
+from textual.widgets import ContentSwitcher, Footer, Tree
 from textual.widgets.tree import TreeNode
 
 from proveai_tui import format as fmt
 from proveai_tui import palette
 from proveai_tui.client import AgentClient, AgentError
 from proveai_tui.screens.case_actions import CaseActions
+from proveai_tui.widgets.case_changes import CaseChanges
 from proveai_tui.widgets.case_header import CaseHeader
+from proveai_tui.widgets.context_view import ContextView
+from proveai_tui.widgets.hypotheses import HypothesisList
 from proveai_tui.widgets.quiet_static import QuietStatic
 from proveai_tui.widgets.scroll_pane import ScrollPane
 from proveai_tui.widgets.signal_list import SignalList
 from proveai_tui.widgets.span_detail import SpanDetail
 from proveai_tui.widgets.span_tree import SpanTree
 from proveai_tui.widgets.status_bar import StatusBar
+from proveai_tui.widgets.suggestions import SuggestionList
+from proveai_tui.widgets.timeline import Timeline
+from proveai_tui.widgets.waterfall import Waterfall
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +39,63 @@ MAX_TRACES = 5
 FOCUS_CLASSES = {"signals": "-signals-focused", "span-detail": "-detail-focused"}
 """The screen's class while that pane has focus; on a short screen the pane grows."""
 NO_TRACES = "no exemplar trace in the case's snapshot"
+VIEWS = (
+    ("evidence", "Evidence", "signals and recent changes, span tree, span detail"),
+    ("timeline", "Timeline", "everything that happened to the case, oldest first"),
+    ("hypotheses", "Hypotheses", "the engine's hypotheses ranked by confidence"),
+    ("suggestions", "Suggestions", "the engine's suggestions and their verification"),
+    ("context", "Context", "prompts, model outputs, retrieved chunks and scores"),
+    ("waterfall", "Waterfall", "the exemplar traces on a time axis, loops folded"),
+)
+"""(name, title, what it shows) of each view, in the order of their keys 1 to 6."""
+
+
+def view_tabs(current: str) -> Text:
+    """`1 Evidence  2 Timeline …`, the current view marked with brackets, not colour alone."""
+    text = Text(no_wrap=True, overflow="ellipsis")
+    for number, (name, title, _) in enumerate(VIEWS, 1):
+        if number > 1:
+            text.append("  ")
+        if name == current:
+            text.append(f"[{number} {title}]", style="bold reverse")
+        else:
+            text.append(f"{number} {title}", style="dim")
+    return text
+
+
+def view_bindings() -> list[BindingType]:
+    """A digit per view, and ] and [ to step through them."""
+    bindings: list[BindingType] = [
+        Binding(
+            str(number),
+            f"show_view('{name}')",
+            title,
+            tooltip=f"View {number}: {what}",
+            show=False,
+            id=f"case.view_{name}",
+        )
+        for number, (name, title, what) in enumerate(VIEWS, 1)
+    ]
+    bindings += [
+        Binding(
+            "right_square_bracket",
+            "step_view(1)",
+            "Next view",
+            tooltip="Next view, in the order of the keys 1 to 6",
+            key_display="]",
+            id="case.next_view",
+        ),
+        Binding(
+            "left_square_bracket",
+            "step_view(-1)",
+            "Previous view",
+            tooltip="Previous view",
+            key_display="[",
+            show=False,
+            id="case.prev_view",
+        ),
+    ]
+    return bindings
 
 
 def snapshot_traces(case: dict[str, Any]) -> list[dict[str, Any] | str]:
@@ -99,6 +162,7 @@ class CaseScreen(CaseActions, Screen, inherit_bindings=False):
             show=False,
             id="case.prev_pane",
         ),
+        *view_bindings(),
     ]
 
     def __init__(self, case_id: str, client: AgentClient) -> None:
@@ -108,18 +172,36 @@ class CaseScreen(CaseActions, Screen, inherit_bindings=False):
         self.case: dict[str, Any] | None = None
         self.traces: list[dict[str, Any]] = []
         self._content: Content = {}
+        self.view = VIEWS[0][0]
+        self._view_focus: dict[str, Widget] = {}
 
     def compose(self) -> ComposeResult:
         yield StatusBar(f"Prove AI · {self.case_id}", id="status")
         yield CaseHeader(f"loading {self.case_id} …", id="case-header")
-        with ScrollPane(id="signals", help_title="Signals"):
-            yield SignalList("", id="signal-list")
-        heading = QuietStatic("", id="traces-heading")
-        heading.display = False
-        yield heading
-        with Container(id="case-traces"):
-            yield SpanTree(id="spans")
-            yield SpanDetail(id="span-detail")
+        yield QuietStatic(view_tabs(VIEWS[0][0]), id="case-views")
+        with ContentSwitcher(id="case-body", initial="view-evidence"):
+            with Container(id="view-evidence"):
+                with ScrollPane(id="signals", help_title="Signals"):
+                    yield SignalList("", id="signal-list")
+                    yield CaseChanges("", id="case-changes")
+                heading = QuietStatic("", id="traces-heading")
+                heading.display = False
+                yield heading
+                with Container(id="case-traces"):
+                    yield SpanTree(id="spans")
+                    yield SpanDetail(id="span-detail")
+            with ScrollPane(id="view-timeline", classes="case-view", help_title="Timeline"):
+                yield Timeline("", id="timeline")
+            with ScrollPane(id="view-hypotheses", classes="case-view", help_title="Hypotheses"):
+                yield HypothesisList("", id="hypotheses")
+            with ScrollPane(
+                id="view-suggestions", classes="case-view", help_title="Suggestions"
+            ):
+                yield SuggestionList("", id="suggestions")
+            with ScrollPane(id="view-context", classes="case-view", help_title="Context"):
+                yield ContextView("", id="context")
+            with ScrollPane(id="view-waterfall", classes="case-view", help_title="Waterfall"):
+                yield Waterfall("", id="waterfall")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -134,6 +216,26 @@ class CaseScreen(CaseActions, Screen, inherit_bindings=False):
 
     def action_back(self) -> None:
         self.dismiss()
+
+    def action_show_view(self, name: str) -> None:
+        """Switch to a view, giving focus back to the pane that had it there."""
+        if name == self.view or name not in {n for n, _, _ in VIEWS}:
+            return
+        if self.focused is not None:
+            self._view_focus[self.view] = self.focused
+        self.view = name
+        self.query_one("#case-body", ContentSwitcher).current = f"view-{name}"
+        self.query_one("#case-views", QuietStatic).show(view_tabs(name))
+        target = self._view_focus.get(name)
+        if target is None or not target.is_attached:
+            target = self.query_one(SpanTree) if name == "evidence" else None
+        if target is None:
+            target = self.query_one(f"#view-{name}", ScrollPane)
+        target.focus()
+
+    def action_step_view(self, step: int) -> None:
+        names = [name for name, _, _ in VIEWS]
+        self.action_show_view(names[(names.index(self.view) + step) % len(names)])
 
     def action_refresh(self) -> None:
         self.load()
@@ -170,6 +272,12 @@ class CaseScreen(CaseActions, Screen, inherit_bindings=False):
         self.query_one(CaseHeader).show_case(case)
         signals = [s for s in case.get("signals") or [] if isinstance(s, dict)]
         self.query_one(SignalList).show_signals(signals)
+        self.query_one(CaseChanges).show_changes(fmt.items(case.get("recent_changes")))
+        self.query_one(Timeline).show_case(case)
+        self.query_one(HypothesisList).show_case(case)
+        self.query_one(SuggestionList).show_case(case)
+        self.query_one(ContextView).show_case(case)
+        self.query_one(Waterfall).show_traces(traces)
         heading = self.query_one("#traces-heading", QuietStatic)
         heading.show("" if traces else NO_TRACES)
         heading.display = not traces
