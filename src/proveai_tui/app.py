@@ -21,7 +21,10 @@ from textual.worker import Worker, WorkerState
 from proveai_tui import __version__
 from proveai_tui.client import DEFAULT_URL, AgentClient, AgentError
 from proveai_tui.feed import SAFETY_POLL_S, LiveSource, Snapshot, StreamSource
+from proveai_tui.screens.audit import AuditScreen
 from proveai_tui.screens.case import CaseScreen
+from proveai_tui.screens.cases import CasesScreen
+from proveai_tui.screens.changes import ChangesScreen
 from proveai_tui.screens.help import HelpScreen, KeyGroup, KeyRow, help_title
 from proveai_tui.screens.overview import OverviewScreen
 from proveai_tui.widgets.status_bar import Link
@@ -70,7 +73,30 @@ class ConsoleApp(App[None], inherit_bindings=False):
             key_display="?",
             id="app.keys",
         ),
+        Binding(
+            "1",
+            "overview",
+            "Overview",
+            tooltip="Go to the overview",
+            show=False,
+            id="app.overview",
+        ),
+        Binding("2", "cases", "Cases", tooltip="Go to every case", show=False, id="app.cases"),
+        Binding(
+            "3",
+            "changes",
+            "Changes",
+            tooltip="Go to the change log",
+            show=False,
+            id="app.changes",
+        ),
+        Binding(
+            "4", "audit", "Audit", tooltip="Go to the audit log", show=False, id="app.audit"
+        ),
     ]
+    DEFAULT_MODE = "overview"
+    """The screens `1` to `4` go to are modes, each with a stack of its own: a screen keeps
+    its cursor and filter, and the case opened from it, while another is shown."""
 
     link: reactive[Link | None] = reactive(None)
 
@@ -83,6 +109,10 @@ class ConsoleApp(App[None], inherit_bindings=False):
         self.source = source or StreamSource(client)
         self.last_data: datetime | None = None
         self.overview_screen = OverviewScreen()
+        self.add_mode("overview", lambda: self.overview_screen)
+        self.add_mode("cases", lambda: CasesScreen(self.client))
+        self.add_mode("changes", lambda: ChangesScreen(self.client))
+        self.add_mode("audit", lambda: AuditScreen(self.client))
 
     def get_default_screen(self) -> Screen:
         return self.overview_screen
@@ -129,6 +159,26 @@ class ConsoleApp(App[None], inherit_bindings=False):
 
     def on_overview_screen_refresh_asked(self, message: OverviewScreen.RefreshAsked) -> None:
         self.source.refresh()
+
+    def action_overview(self) -> None:
+        self.go_to("overview")
+
+    def action_cases(self) -> None:
+        self.go_to("cases")
+
+    def action_changes(self) -> None:
+        self.go_to("changes")
+
+    def action_audit(self) -> None:
+        self.go_to("audit")
+
+    def go_to(self, name: str) -> None:
+        """Show a screen as it was left; asked again, go back from what was opened on it."""
+        if self.current_mode != name:
+            self.switch_mode(name)
+            return
+        while len(self.screen_stack) > 1:
+            self.pop_screen()
 
     def action_show_keys(self) -> None:
         if isinstance(self.screen, HelpScreen):
