@@ -282,6 +282,7 @@ class CaseActions(_CaseScreen):
     }
 
     _acting = False
+    _wide = False
     _screen_bindings: BindingsMap | None = None
 
     @property
@@ -307,7 +308,8 @@ class CaseActions(_CaseScreen):
         """
         if self._screen_bindings is None:
             return
-        shown = footer_actions(self.case, self.app.size.width >= WIDE)
+        self._wide = self.app.size.width >= WIDE
+        shown = footer_actions(self.case, self._wide)
         placed = sorted(
             ACTION_BINDINGS,
             key=lambda b: shown.index(b.action) if b.action in shown else len(shown),
@@ -317,7 +319,10 @@ class CaseActions(_CaseScreen):
         self.refresh_bindings()
 
     def on_resize(self) -> None:
-        self.refresh_actions()
+        """Offer more actions, or fewer, when the terminal crosses the wide breakpoint."""
+        wide = self.app.size.width >= WIDE
+        if wide != self._wide:
+            self.refresh_actions()
 
     @property
     def notice(self) -> str:
