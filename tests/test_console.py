@@ -722,7 +722,7 @@ async def test_question_mark_lists_every_binding_by_pane_with_descriptions(
         for row in [
             "  ↓ j  Next span  spans.down",
             "  ← h  Parent span  spans.parent",
-            "  esc  Back to the overview  case.back",
+            "  esc  Back to the screen the case was opened from  case.back",
             "  shift+tab  Previous pane  case.prev_pane",
             "  q ^c ^q  Quit  app.quit",
         ]:

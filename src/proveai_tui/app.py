@@ -9,20 +9,24 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.dom import DOMNode
-from textual.reactive import reactive
+from textual.reactive import var
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from proveai_tui import __version__
+from proveai_tui import settings as console_settings
 from proveai_tui.client import DEFAULT_URL, AgentClient, AgentError
+from proveai_tui.commands import BindingCommands
 from proveai_tui.feed import SAFETY_POLL_S, LiveSource, Snapshot, StreamSource
 from proveai_tui.screens.audit import AuditScreen
 from proveai_tui.screens.case import CaseScreen
+from proveai_tui.screens.case_actions import ACTION_BINDINGS
 from proveai_tui.screens.cases import CasesScreen
 from proveai_tui.screens.changes import ChangesScreen
 from proveai_tui.screens.help import HelpScreen, KeyGroup, KeyRow, help_title
@@ -56,7 +60,8 @@ class ConsoleApp(App[None], inherit_bindings=False):
 
     CSS_PATH = "app.tcss"
     TITLE = "Prove AI"
-    ENABLE_COMMAND_PALETTE = False
+    ENABLE_COMMAND_PALETTE = True
+    COMMANDS: ClassVar[set[Any]] = {BindingCommands}
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]  # noqa: RUF012
     VERTICAL_BREAKPOINTS = [(0, "-short"), (40, "-tall")]  # noqa: RUF012
 
@@ -72,6 +77,15 @@ class ConsoleApp(App[None], inherit_bindings=False):
             tooltip="List every key of this screen",
             key_display="?",
             id="app.keys",
+        ),
+        Binding(
+            "colon,ctrl+p",
+            "command_palette",
+            "Commands",
+            tooltip="Find a command by what it does",
+            key_display=":",
+            show=False,
+            id="app.palette",
         ),
         Binding(
             "1",
@@ -98,14 +112,23 @@ class ConsoleApp(App[None], inherit_bindings=False):
     """The screens `1` to `4` go to are modes, each with a stack of its own: a screen keeps
     its cursor and filter, and the case opened from it, while another is shown."""
 
-    link: reactive[Link | None] = reactive(None)
+    # A var, not a reactive: a reactive repaints the whole app, every cell of the terminal,
+    # each time it changes, and the link changes with every delivery.
+    link: var[Link | None] = var(None)
 
     def __init__(
-        self, client: AgentClient, source: LiveSource | None = None, read_only: bool = False
+        self,
+        client: AgentClient,
+        source: LiveSource | None = None,
+        read_only: bool = False,
+        settings: console_settings.Settings | None = None,
     ) -> None:
         super().__init__()
         self.client = client
         self.read_only = read_only
+        self.settings = settings or console_settings.Settings()
+        if self.settings.keymap:
+            self.set_keymap(self.settings.keymap)
         self.source = source or StreamSource(client)
         self.last_data: datetime | None = None
         self.overview_screen = OverviewScreen()
@@ -119,6 +142,9 @@ class ConsoleApp(App[None], inherit_bindings=False):
 
     def on_mount(self) -> None:
         self.link = Link("connecting", self.client.base_url)
+        for problem in self.settings.problems:
+            logger.warning("%s", problem)
+            self.notify(problem, title="Configuration", severity="warning", timeout=15)
         self._start_live()
 
     async def on_unmount(self) -> None:
@@ -146,9 +172,10 @@ class ConsoleApp(App[None], inherit_bindings=False):
             self.last_data = snapshot.at
         self.overview_screen.show(snapshot.overview, snapshot.cases)
         if snapshot.cases is not None:
-            for screen in self.screen_stack:
-                if isinstance(screen, CaseScreen):
-                    screen.cases_changed(snapshot.cases)
+            for stack in self._screen_stacks.values():  # every screen, whichever mode
+                for screen in stack:
+                    if isinstance(screen, CaseScreen):
+                        screen.cases_changed(snapshot.cases)
         link = link_after(snapshot.error, self.client.base_url, self.last_data)
         same = self.link is not None and self.link.state == link.state
         since = self.link.since if same and self.link is not None else snapshot.at
@@ -194,32 +221,57 @@ class ConsoleApp(App[None], inherit_bindings=False):
         screen = self.screen
         panes = sorted(screen.focus_chain, key=lambda widget: widget is not screen.focused)
         groups = []
+        # A key of the focused pane hides the same key of the screen and the app; the other
+        # panes' keys hide nothing, as they work only once that pane has the focus.
+        taken: set[str] = set()
         for widget in panes:
-            rows = self._binding_rows(widget)
+            rows = self._binding_rows(widget, taken if widget is screen.focused else set())
             if rows:
                 title = help_title(widget)
                 if widget is screen.focused:
                     title += " (focused)"
                 groups.append(KeyGroup(title, rows))
         for node in (screen, self):
-            rows = self._binding_rows(node)
+            rows = self._binding_rows(node, taken)
             if rows:
                 groups.append(KeyGroup(help_title(node), rows))
         return groups
 
-    def _binding_rows(self, node: DOMNode) -> list[KeyRow]:
-        """Keys, description and id of each binding of one node, keys of one id together."""
+    def _binding_rows(self, node: DOMNode, taken: set[str]) -> list[KeyRow]:
+        """Keys, description and id of each binding of one node, keys of one id together,
+        as remapped by the keymap, without the keys that `taken` already has (which are then
+        added to it)."""
         rows: dict[str, tuple[list[str], str]] = {}
-        for bindings in node._bindings.key_to_bindings.values():
+        mine: set[str] = set()
+        for key, bindings in node._bindings.key_to_bindings.items():
             for binding in bindings:
                 if binding.system:
                     continue
                 bid = binding.id or binding.action
-                keys, _ = rows.setdefault(bid, ([], binding.tooltip or binding.description))
-                shown = self.get_key_display(binding)
-                if shown not in keys:
-                    keys.append(shown)
+                remapped = self._keymap.get(binding.id or "")
+                bound = remapped.split(",") if remapped else [key]
+                for one in bound:
+                    if one in taken:
+                        continue
+                    mine.add(one)
+                    keys, _ = rows.setdefault(bid, ([], binding.tooltip or binding.description))
+                    shown = self.get_key_display(replace(binding, key=one))
+                    if shown not in keys:
+                        keys.append(shown)
+        taken |= mine
         return [KeyRow(" ".join(keys), does, bid) for bid, (keys, does) in rows.items()]
+
+
+def binding_ids() -> set[str]:
+    """The id of every binding the console has, for checking a configuration file."""
+    ids = {b.id for b in ACTION_BINDINGS if b.id}
+    pending: list[type] = [DOMNode]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.__module__.startswith("proveai_tui"):
+            ids |= {b.id for b in cls.__dict__.get("BINDINGS", []) if getattr(b, "id", None)}
+    return ids
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -252,6 +304,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="look without touching: no action on cases (triage, fix, note, ticket, close)",
     )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        type=Path,
+        help="key bindings remapped by id (default: $PROVEAI_CONSOLE_CONFIG, else"
+        " ~/.config/proveai/console.toml)",
+    )
     parser.add_argument("--log", metavar="FILE", help="write the console's log to FILE")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = parser.parse_args(argv)
@@ -283,8 +342,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the console until the user quits."""
     args = parse_args(argv)
     configure_logging(args.log)
+    loaded = console_settings.load(args.config, binding_ids())
     ConsoleApp(
-        args.client, StreamSource(args.client, args.interval), read_only=args.read_only
+        args.client,
+        StreamSource(args.client, args.interval),
+        read_only=args.read_only,
+        settings=loaded,
     ).run()
     return 0
 

@@ -145,7 +145,13 @@ class CaseScreen(CaseActions, Screen, inherit_bindings=False):
     help_title = "Case screen"
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "back", "Back", tooltip="Back to the overview", id="case.back"),
+        Binding(
+            "escape",
+            "back",
+            "Back",
+            tooltip="Back to the screen the case was opened from",
+            id="case.back",
+        ),
         Binding("r", "refresh", "Refresh", tooltip="Load the case again", id="case.refresh"),
         Binding(
             "tab",
@@ -170,6 +176,8 @@ class CaseScreen(CaseActions, Screen, inherit_bindings=False):
         self.case_id = case_id
         self.client = client
         self.case: dict[str, Any] | None = None
+        self._listed = False
+        """Whether the last open-case list had this case: when it drops out, it has ended."""
         self.traces: list[dict[str, Any]] = []
         self._content: Content = {}
         self.view = VIEWS[0][0]
@@ -245,11 +253,15 @@ class CaseScreen(CaseActions, Screen, inherit_bindings=False):
         if self.case is None:
             self.load()
             return
+        listed, self._listed = self._listed, False
         for summary in cases:
             if summary.get("id") == self.case_id:
+                self._listed = True
                 if summary.get("updated_at") != self.case.get("updated_at"):
                     self.load()
                 return
+        if listed:  # it left the open cases: resolved or closed since it was loaded
+            self.load()
 
     @work(exclusive=True, group="case", exit_on_error=False)
     async def load(self) -> None:
