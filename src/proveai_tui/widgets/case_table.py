@@ -210,12 +210,29 @@ class CaseTable(DataTable, inherit_bindings=False):
         if drawn == self._drawn:
             self._tell()
             return
-        self._drawn = drawn
+        previous, self._drawn = self._drawn, drawn
+        same_columns = previous is not None and previous[0] == drawn[0]
+        if same_columns and previous is not None and previous[2] == drawn[2]:
+            # The same cases in the same order: only the cells that changed are redrawn.
+            for case, row, old, new in zip(
+                self._cases, rows, previous[1], drawn[1], strict=True
+            ):
+                if old == new:
+                    continue
+                cells = self._cells(row, widths)
+                for key, cell, was, now_is in zip(widths, cells, old, new, strict=True):
+                    if was != now_is:
+                        self.update_cell(str(case.get("id")), key, cell)
+            self._tell()
+            return
 
         keep = self.highlighted_case
-        self.clear(columns=True)
-        for key, column_width in widths.items():
-            self.add_column(HEADERS[key], width=column_width, key=key)
+        if same_columns:
+            self.clear()
+        else:
+            self.clear(columns=True)
+            for key, column_width in widths.items():
+                self.add_column(HEADERS[key], width=column_width, key=key)
         for case, row in zip(self._cases, rows, strict=True):
             self.add_row(*self._cells(row, widths), key=str(case.get("id")))
         if keep in self.case_ids:
