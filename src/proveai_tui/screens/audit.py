@@ -219,7 +219,7 @@ class AuditScreen(Screen, inherit_bindings=False):
         yield QuietStatic(self._heading(), id="audit-heading")
         yield RecordTable(id="audit-records")
         yield QuietStatic("", id="audit-detail")
-        yield Footer()
+        yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
         self.query_one(RecordTable).focus()

@@ -83,6 +83,7 @@ def view_bindings() -> list[BindingType]:
             "Next view",
             tooltip="Next view, in the order of the keys 1 to 6",
             key_display="]",
+            show=False,  # the strip of views under the header says which key shows which
             id="case.next_view",
         ),
         Binding(
@@ -210,7 +211,7 @@ class CaseScreen(CaseActions, Screen, inherit_bindings=False):
                 yield ContextView("", id="context")
             with ScrollPane(id="view-waterfall", classes="case-view", help_title="Waterfall"):
                 yield Waterfall("", id="waterfall")
-        yield Footer()
+        yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
         self.query_one(SpanTree).focus()

@@ -298,7 +298,7 @@ class CasesScreen(Screen, inherit_bindings=False):
             line.display = False
             yield QuietStatic("filter ", classes="filter-label")
             yield Input(placeholder=FILTER_HELP, id="cases-filter", select_on_focus=False)
-        yield Footer()
+        yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
         self.query_one(CaseTable).focus()
@@ -427,11 +427,14 @@ class CasesScreen(Screen, inherit_bindings=False):
         self.query_one(CaseTable).focus()
 
     def _restart(self) -> None:
-        """A new question for the agent: the old pages go and the cursor goes to the top."""
+        """A new question for the agent: the old pages go once its answer is here.
+
+        The table keeps the old rows until then, under a heading that says what is being
+        asked: emptying it first would draw the whole table twice for one filter.
+        """
         self._loaded = []
         self.total = None
         self.next_cursor = None
-        self.query_one(CaseTable).show_cases([])
         self.query_one("#cases-list-heading", QuietStatic).show(self._heading())
         self.load()
 

@@ -262,7 +262,7 @@ class ChangesScreen(Screen, inherit_bindings=False):
                 id="changes-filter",
                 select_on_focus=False,
             )
-        yield Footer()
+        yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
         self.query_one(ChangeTable).focus()

@@ -174,7 +174,7 @@ class OverviewScreen(Screen, inherit_bindings=False):
         yield empty
         yield QuietStatic(cases_heading(None), id="cases-heading")
         yield CaseTable(id="cases")
-        yield Footer()
+        yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
         self.query_one(CaseTable).focus()
