@@ -23,7 +23,7 @@ from proveai_tui import __version__
 from proveai_tui import settings as console_settings
 from proveai_tui.client import DEFAULT_URL, AgentClient, AgentError
 from proveai_tui.commands import BindingCommands
-from proveai_tui.feed import SAFETY_POLL_S, LiveSource, Snapshot, StreamSource
+from proveai_tui.feed import CASE_PAGE, SAFETY_POLL_S, LiveSource, Snapshot, StreamSource
 from proveai_tui.screens.audit import AuditScreen
 from proveai_tui.screens.case import CaseScreen
 from proveai_tui.screens.case_actions import ACTION_BINDINGS
@@ -172,10 +172,13 @@ class ConsoleApp(App[None], inherit_bindings=False):
             self.last_data = snapshot.at
         self.overview_screen.show(snapshot.overview, snapshot.cases)
         if snapshot.cases is not None:
+            complete = len(snapshot.cases) < CASE_PAGE  # else there may be more open cases
             for stack in self._screen_stacks.values():  # every screen, whichever mode
                 for screen in stack:
                     if isinstance(screen, CaseScreen):
                         screen.cases_changed(snapshot.cases)
+                    elif isinstance(screen, CasesScreen) and screen.is_mounted:
+                        screen.cases_changed(snapshot.cases, complete)
         link = link_after(snapshot.error, self.client.base_url, self.last_data)
         same = self.link is not None and self.link.state == link.state
         since = self.link.since if same and self.link is not None else snapshot.at

@@ -354,6 +354,56 @@ class CasesScreen(Screen, inherit_bindings=False):
         self._say("")
         self._show()
 
+    # Live
+
+    def cases_changed(self, open_cases: list[dict[str, Any]], complete: bool) -> None:
+        """Take a live delivery of the open cases into the loaded pages, without asking
+        the agent. A loaded case takes its new summary, or leaves when the filter no longer
+        shows it; a new case the filter shows goes on top; with `complete` (the delivery
+        has every open case) a case gone from it has ended, and leaves a list of open
+        cases. Free text is matched by the agent only: with it, nothing is added or
+        dropped. Nothing is drawn when nothing changed."""
+        if self.loading or not self._loaded:
+            return
+        fresh = {str(case.get("id")): case for case in open_cases if case.get("id")}
+        open_view = self.open_only and not self.filter.state
+        changed, removed = False, 0
+        kept: list[dict[str, Any]] = []
+        for case in self._loaded:
+            now = fresh.pop(str(case["id"]), None)
+            if now is None and complete and open_view and not self.filter.text:
+                removed += 1
+            elif now is None:
+                kept.append(case)
+            elif self._shows(now) is False:
+                removed += 1
+            else:
+                changed = changed or now != case
+                kept.append(now)
+        newest = max((_number(case) for case in self._loaded), default=0)
+        added = sorted(
+            (c for c in fresh.values() if _number(c) > newest and self._shows(c)),
+            key=_number,
+            reverse=True,
+        )
+        if not (changed or removed or added):
+            return
+        self._loaded = added + kept
+        if self.total is not None:
+            self.total += len(added) - removed
+        self._show()
+
+    def _shows(self, case: dict[str, Any]) -> bool | None:
+        """Whether the filter shows this open case; None when only the agent can tell."""
+        wanted = self.filter
+        if wanted.state and wanted.state not in ("open", case.get("state")):
+            return False
+        if wanted.failure_class and case.get("failure_class") != wanted.failure_class:
+            return False
+        if wanted.service and case.get("service") != wanted.service:
+            return False
+        return None if wanted.text else True
+
     # Showing
 
     def _show(self) -> None:
