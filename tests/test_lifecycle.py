@@ -144,6 +144,27 @@ async def test_investigating_a_case_without_suggestions_stays_there(agent, http)
     assert (status, doc["state"]) == (200, "INVESTIGATING")
 
 
+async def test_suggestions_that_come_after_the_investigation_started_move_it_on(agent, http):
+    await opened(agent, "TRIAGED", suggestions=False)
+    await move(http, agent, "INVESTIGATING")
+    analysis = {
+        "hypotheses": [],
+        "remediation_suggestions": [SUGGESTION],
+        "narrative": "",
+        "analysis": {"verdict": "root cause model-version-changed"},
+    }
+    await agent.case_service.attach_analysis("CASE-1", analysis)
+    doc = await agent.case_store.get(1)
+    assert doc["state"] == "REMEDIATION_SUGGESTED"
+    last = doc["timeline"][-2:]
+    assert [e["type"] for e in last] == ["analysis", "transition"]
+    assert (last[1]["from"], last[1]["to"], last[1]["actor"]) == (
+        "INVESTIGATING",
+        "REMEDIATION_SUGGESTED",
+        "agent",
+    )
+
+
 async def test_an_applied_fix_is_verified_at_once(agent, http) -> None:
     await opened(agent, "REMEDIATION_SUGGESTED")
     status, doc = await move(http, agent, "FIX_APPLIED", root_cause="model-version-changed")

@@ -311,6 +311,8 @@ class CaseService:
             doc["timeline"].append(
                 {"at": doc["updated_at"], "type": "analysis", "summary": verdict}
             )
+            # An investigation started before the engine had suggestions moves on now.
+            self._follow_on(doc, now)
             await self._update(number, doc, now)
         for listener in self.listeners:
             await listener(doc)
