@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run headless and print where the agent listens",
     )
     demo.add_argument("--keep", action="store_true", help="keep the previous demo's data")
+    demo.add_argument(
+        "--config", type=Path, help="TOML configuration of the agent (default: its defaults)"
+    )
 
     simulate = commands.add_parser("simulate", help="send simulated GenAI traffic over OTLP")
     runner.add_arguments(simulate)

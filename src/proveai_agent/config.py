@@ -176,6 +176,8 @@ class EngineConfig:
     """CPU threads of each model; 1 keeps ingest responsive on a small machine."""
     model_ctx: int = 2048
     """The reasoning model's context in tokens (at most its own)."""
+    verify_window_s: int = 300
+    """How long a suggestion's verification query must hold once its fix is applied."""
 
 
 @dataclass

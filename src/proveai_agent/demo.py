@@ -17,6 +17,14 @@ from .api.auth import ensure_keys_file
 from .config import default_data_dir
 from .stack.native import NativeStack
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM or a closed terminal stops the demo as Ctrl-C does: what it started runs in
+    sessions of its own, which no signal to the demo's terminal reaches."""
+    raise KeyboardInterrupt
+
 
 def _port_free(host: str, port: int) -> bool:
     with socket.socket() as sock:
@@ -88,6 +96,11 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     agent = simulator = None
     agent_log = data_dir / "agent.log"
+    # Shorter windows (detector, verification) for a quick walk, without changing defaults.
+    agent_config = ["--config", str(args.config)] if args.config else []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, *STOP_SIGNALS)}
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _interrupt)
     try:
         stack.start()
         print(f"Prometheus       {stack.prometheus_url}")
@@ -111,6 +124,7 @@ def run_demo(args: argparse.Namespace) -> int:
                     stack.victoriametrics_url,
                     "--scrape-interval",
                     str(args.scrape_interval),
+                    *agent_config,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -145,7 +159,7 @@ def run_demo(args: argparse.Namespace) -> int:
             )
         if args.no_console:
             print("running without console; Ctrl-C stops everything")
-            stop_signals = {signal.SIGINT, signal.SIGTERM}
+            stop_signals = {signal.SIGINT, *STOP_SIGNALS}
             signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
             signal.sigwait(stop_signals)
             return 0
@@ -156,6 +170,11 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"proveai-agent demo: {exc}", file=sys.stderr)
         return 1
     finally:
+        # A second signal must not cut the clean-up short and leave processes behind.
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
         _stop(simulator)
         _stop(agent)
         stack.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)

@@ -123,7 +123,9 @@ class Engine:
         top = scored[0] if scored else None
         unable = top is None or top.confidence < rank.MIN_CONFIDENCE
         hypotheses = [_hypothesis(item) for item in scored]
-        suggestions = [] if unable else _suggestions(doc, scored, similar)
+        suggestions = (
+            [] if unable else _suggestions(doc, scored, similar, self.config.verify_window_s)
+        )
         narrative = model.get("narrative") or _narrative(doc, scored, unable)
         return {
             "hypotheses": hypotheses,
@@ -215,7 +217,7 @@ def _hypothesis(item: Scored) -> dict[str, Any]:
 
 
 def _suggestions(
-    doc: dict[str, Any], scored: list[Scored], similar: dict[str, str]
+    doc: dict[str, Any], scored: list[Scored], similar: dict[str, str], window_s: int
 ) -> list[dict[str, Any]]:
     found = []
     for index, item in enumerate(scored):
@@ -230,13 +232,15 @@ def _suggestions(
                 "effort": item.cause.effort,
                 "confidence": item.confidence,
                 "similar_case": similar.get(item.cause.id),
-                "verification": verification(doc, item),
+                "verification": verification(doc, item, window_s),
             }
         )
     return found
 
 
-def verification(doc: dict[str, Any], item: Scored) -> dict[str, Any]:
+def verification(
+    doc: dict[str, Any], item: Scored, window_s: int = rank.VERIFY_WINDOW_S
+) -> dict[str, Any]:
     """The PromQL that shows the fix held: the strongest matching signal's own query,
     back on the healthy side of the threshold that signal fired at."""
     signals = [
@@ -255,7 +259,7 @@ def verification(doc: dict[str, Any], item: Scored) -> dict[str, Any]:
             "query": query,
             "comparator": comparator,
             "threshold": threshold,
-            "window_s": rank.VERIFY_WINDOW_S,
+            "window_s": window_s,
         }
     return {"query": None, "comparator": None, "threshold": None, "window_s": None}
 
