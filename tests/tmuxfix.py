@@ -62,8 +62,8 @@ class Pane:
                 raise AssertionError(f"timed out waiting for {what}; the pane shows:\n{text}")
             time.sleep(0.2)
 
-    def wait_dead(self, what: str) -> None:
-        deadline = time.monotonic() + 10
+    def wait_dead(self, what: str, timeout_s: float = 10) -> None:
+        deadline = time.monotonic() + timeout_s
         while not self.dead():
             assert time.monotonic() < deadline, f"{what} did not quit:\n{self.text()}"
             time.sleep(0.2)
