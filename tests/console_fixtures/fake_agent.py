@@ -2,8 +2,9 @@
 
 It answers exactly the shapes of the agent's `/api/overview`, `/api/cases` (filtered and paged
 by the agent's rules), `/api/cases/{id}`, `/api/traces/{trace_id}`, `/api/changes`,
-`/api/audit` and `/api/audit/verify`, refuses requests without the key (401), and can be
-stopped and started again on the same port to play an agent that goes away and comes back.
+`/api/audit`, `/api/audit/verify` and the live stream `/api/stream`, refuses requests
+without the key (401), and can be stopped and started again on the same port to play an
+agent that goes away and comes back.
 
 Run on its own: `python fake_agent.py --port 8470 --key KEY [--recent]`.
 """
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from proveai_agent.stack.native import free_port
 
@@ -146,6 +147,7 @@ class FakeAgent:
         self.requests: list[tuple[str, str | None]] = []
         self._shift_s = (datetime.now(UTC) - FIXTURE_NOW).total_seconds() if recent else 0.0
         self._runner: web.AppRunner | None = None
+        self._streams: set[web.WebSocketResponse] = set()
 
     @property
     def url(self) -> str:
@@ -161,6 +163,8 @@ class FakeAgent:
         app.router.add_get("/api/changes", self._change_list)
         app.router.add_get("/api/audit", self._audit)
         app.router.add_get("/api/audit/verify", self._audit_verify)
+        app.router.add_get("/api/stream", self._stream)
+        app.on_shutdown.append(self._close_streams)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
@@ -181,6 +185,29 @@ class FakeAgent:
         if request.path != "/healthz" and self.key not in (key, bearer):
             return web.json_response({"error": "missing or invalid API key"}, status=401)
         return await handler(request)
+
+    async def _stream(self, request: web.Request) -> web.WebSocketResponse:
+        """The agent's live stream: held open, carrying what `push` sends."""
+        ws = web.WebSocketResponse(heartbeat=20)
+        await ws.prepare(request)
+        self._streams.add(ws)
+        try:
+            async for message in ws:  # a console sends nothing; this waits for the close
+                if message.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
+                    break
+        finally:
+            self._streams.discard(ws)
+        return ws
+
+    async def push(self, kind: str, data: dict[str, Any]) -> None:
+        """Send one live message ("case", "overview" or "change") to every console."""
+        message = {"type": kind, "data": shift_times(data, self._shift_s)}
+        for ws in list(self._streams):
+            await ws.send_json(message)
+
+    async def _close_streams(self, app: web.Application) -> None:
+        for ws in list(self._streams):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"agent stopping")
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True})

@@ -15,6 +15,8 @@ from proveai_tui.render import Pairs
 from proveai_tui.widgets.quiet_static import QuietStatic
 
 LABEL_WIDTH = 8
+MISSING_CHARS = 90
+"""The most of the engine's missing evidence the header quotes: two lines at 80 columns."""
 
 
 def _grid(columns: int) -> Table:
@@ -72,8 +74,10 @@ def header_view(case: dict[str, Any], now: datetime | None = None) -> tuple[Grou
         likely = _grid(2)
         value = Text("unable to determine root cause")
         missing = [str(m) for m in analysis.get("missing_evidence") or [] if m]
-        if missing:
-            value.append(f" ({missing[0]})", style="dim")
+        if missing:  # the gist; the Hypotheses view has the whole of it
+            value.append(
+                f" ({fmt.ellipsize(missing[0].split(':')[0], MISSING_CHARS)})", style="dim"
+            )
         likely.add_row("likely", value)
         renderables.append(likely)
         lines.append(f"likely {value.plain}")
