@@ -337,10 +337,21 @@ async def test_applying_a_suggestion_shows_its_action_effort_and_verification(ag
         )
 
         said = await outcome(pilot, "done")
-        assert said.startswith("done: CASE-1 is VERIFYING now; the agent checks avg(")
+        assert said == (
+            "done: CASE-1 is VERIFYING now; the agent runs the fix's verification and"
+            " resolves the case when the fix holds"
+        )
         await shows_state(pilot, "VERIFYING")
 
-    doc = await stored(agent)
+        doc = await stored(agent)
+        # Once the case has moved on, the line about VERIFYING goes.
+        moved_on = await stored(agent)
+        moved_on["state"] = "RESOLVED"
+        await agent.case_store.update(1, moved_on, time.time())
+        await pilot.press("r")
+        await shows_state(pilot, "RESOLVED")
+        assert app.screen.notice and not app.screen.query_one("#action-notice").display
+
     assert doc["state"] == "VERIFYING"
     assert doc["fix"]["suggestion_id"] == "CASE-1-S2"
     assert doc["fix"]["actor"] == ACTOR

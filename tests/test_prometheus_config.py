@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from proveai_agent.watch.overview import QUANTILES, _queries
+from proveai_agent.watch.overview import QUANTILES, RATE_WINDOW_S, WINDOW_S, _queries
 from proveai_agent.watch.schemes import scheme_from_names
 
 PROMETHEUS = Path(__file__).resolve().parents[1] / "stack" / "prometheus"
@@ -126,7 +126,7 @@ def test_the_recorded_request_rates_are_the_overviews_own_queries() -> None:
         }
     )
     assert scheme is not None
-    queries = _queries(scheme)
+    queries = _queries(scheme, RATE_WINDOW_S, WINDOW_S)
     recorded = _recorded()
 
     (rate_1m,) = recorded["service_name:llm_traces_span_metrics_calls:rate1m"]

@@ -136,6 +136,15 @@ def series_step(range_s: int) -> int:
 ENTRY_KINDS = 'span_kind=~"SPAN_KIND_SERVER|SPAN_KIND_CONSUMER"'
 
 
+def _duration(seconds: int) -> str:
+    """Seconds as PromQL writes a duration, in its largest whole unit: 300 is `5m`, as the
+    recording rules write it, so that a rule and the query it records read the same."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def _queries(scheme: Scheme, rate_window_s: int, window_s: int) -> dict[str, str]:
     """Per service: its requests are its entry spans (server or consumer kind); a service
     without any, such as a batch job or an agent started in-process, counts all its spans.
@@ -146,7 +155,7 @@ def _queries(scheme: Scheme, rate_window_s: int, window_s: int) -> dict[str, str
     """
     by = scheme.service_label
     entry = f"{scheme.calls}{{{ENTRY_KINDS}}}"
-    window, rate_window = f"{window_s}s", f"{rate_window_s}s"
+    window, rate_window = _duration(window_s), _duration(rate_window_s)
 
     def per_service(metric: str, entry_metric: str, extra_by: str = "", w: str = window) -> str:
         group = f"{by}{extra_by}"

@@ -77,6 +77,8 @@ WIDE = 120
 SHOWN_CHARS = 300
 """How much of a long text the confirmation repeats."""
 
+UNSEEN = object()
+
 ACTION_BINDINGS: tuple[Binding, ...] = (
     Binding(
         "t",
@@ -252,8 +254,7 @@ def moved(answer: dict[str, Any]) -> str:
         words += f" of {duplicate_of})" if duplicate_of else ")"
     if state == "VERIFYING":
         spec = fmt.mapping(answer.get("verification"))
-        query = spec.get("query")
-        check = f"checks {query}" if query else "has no query to check"
+        check = "runs the fix's verification" if spec.get("query") else "has no query to check"
         words += f"; the agent {check} and resolves the case when the fix holds"
     return words
 
@@ -284,6 +285,8 @@ class CaseActions(_CaseScreen):
     _acting = False
     _wide = False
     _screen_bindings: BindingsMap | None = None
+    _notice_state: object = None
+    """The case state the outcome line was about: UNSEEN until the case is shown again."""
 
     @property
     def read_only(self) -> bool:
@@ -308,6 +311,7 @@ class CaseActions(_CaseScreen):
         """
         if self._screen_bindings is None:
             return
+        self._retire_notice()
         self._wide = self.app.size.width >= WIDE
         shown = footer_actions(self.case, self._wide)
         placed = sorted(
@@ -340,6 +344,19 @@ class CaseActions(_CaseScreen):
             notice.remove_class(style)
         notice.add_class(self.ACTION_STYLES[kind])
         notice.display = True
+        self._notice_state = UNSEEN
+
+    def _retire_notice(self) -> None:
+        """Hide the outcome line once the case has moved on from the state it was about:
+        "VERIFYING now" under a RESOLVED header would say the opposite of the header."""
+        if self._notice_state is None:
+            return
+        state = (self.case or {}).get("state")
+        if self._notice_state is UNSEEN:
+            self._notice_state = state
+        elif state != self._notice_state:
+            self.query_one(f"#{self.NOTICE_ID}", QuietStatic).display = False
+            self._notice_state = None
 
     def _start(self, ask: Callable[[], Awaitable[Pending | None]]) -> None:
         """Run one action at a time: keys pressed between its dialogs start nothing."""
