@@ -60,3 +60,16 @@ def test_ensure_keys_file_creates_a_private_operator_key_once(tmp_path):
     assert len(key) >= 32
     assert path.stat().st_mode & 0o777 == 0o600
     assert ensure_keys_file(path) == key
+
+
+def test_a_keys_file_moved_into_place_with_the_old_size_and_time_is_reread(tmp_path):
+    path, staged = tmp_path / "keys", tmp_path / "keys.new"
+    path.write_text("aaaa operator\n")
+    ring = KeyRing(None, path)
+    assert ring.role_of("aaaa") == "operator"
+    staged.write_text("bbbb operator\n")
+    st = path.stat()
+    os.utime(staged, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(staged, path)
+    assert ring.role_of("bbbb") == "operator"
+    assert ring.role_of("aaaa") is None

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from . import otlp_http, routes
-from .auth import middleware
+from .auth import FailureLimit, middleware
 
 if TYPE_CHECKING:
     from ..agent import Agent
@@ -17,7 +17,11 @@ def make_app(agent: Agent) -> web.Application:
     config = agent.config
     open_routes = list(config.open_routes)
     app = web.Application(
-        middlewares=[middleware(agent.keys, open_routes, routes.error_for, agent.refused_auth)],
+        middlewares=[
+            middleware(
+                agent.keys, open_routes, routes.error_for, agent.refused_auth, FailureLimit()
+            )
+        ],
         client_max_size=config.body_limit_bytes,
     )
     for signal in ("traces", "logs", "metrics"):
