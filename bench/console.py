@@ -7,8 +7,9 @@ and severities spread over the services), starts `proveai-agent serve` on it, an
 - filter_ms: from submitting a `/` filter (one service, then one state) until the first
   frame drawn with exactly the answer in the table; median of several filters (the time
   until the console is idle again is printed beside it);
-- refresh_ms: one live delivery with one case changed, from delivery until the screen has
-  processed it; median of 20;
+- refresh_ms: one live delivery of the open cases with one case changed, on the Cases
+  screen listing the open cases, from delivery until the screen has processed it and
+  drawn; median of 20;
 - idle_refresh_bytes: the console in a real pseudo-terminal of 80×24 polling once a
   second with nothing changing: bytes written to the terminal per refresh, once the
   first screen is drawn.
@@ -216,6 +217,9 @@ async def pilot_timings(url: str, cases: int, services: int) -> dict[str, float]
             filters.append((shown - started) * 1000)
         type(screen)._compositor_refresh = draw  # type: ignore[method-assign]
 
+        # Back to every open case, which the live deliveries below are about.
+        await pilot.press("escape")
+        await until(lambda: not screen.loading and rows() == PAGE)
         refreshes: list[float] = []
         listed = await client.cases(state="open", limit=200)
         items = listed["items"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from textual.css.query import NoMatches
 from textual.pilot import Pilot
 
 from proveai_tui import format as fmt
@@ -63,10 +64,18 @@ async def until(pilot: Pilot, condition: Callable[[], bool], what: str, timeout_
     """Wait for the console to reach a state, failing with what was awaited."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    while not condition():
+    while not reached(condition):
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}\n{screen_text(pilot.app)}")
         await pilot.pause(0.05)
+
+
+def reached(condition: Callable[[], bool]) -> bool:
+    """The condition, false while the widgets it reads are not composed yet."""
+    try:
+        return condition()
+    except NoMatches:
+        return False
 
 
 def screen_text(app: ConsoleApp) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 from rich.segment import Segments
+from textual.css.query import NoMatches
 from textual.pilot import Pilot
 
 from proveai_tui.app import ConsoleApp
@@ -60,10 +61,18 @@ def console(fake: FakeAgent) -> ConsoleApp:
 async def until(pilot: Pilot, condition: Callable[[], bool], what: str, timeout_s=5.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    while not condition():
+    while not reached(condition):
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}\n{screen_text(pilot.app)}")
         await pilot.pause(0.05)
+
+
+def reached(condition: Callable[[], bool]) -> bool:
+    """The condition, false while the widgets it reads are not composed yet."""
+    try:
+        return condition()
+    except NoMatches:
+        return False
 
 
 def screen_text(app: ConsoleApp) -> str:

@@ -42,7 +42,7 @@ def link_after(error: AgentError | None, agent: str, last_data: datetime | None)
         return Link("connected", agent, last_data=last_data)
     if error.unreachable:
         state = "disconnected"
-    elif error.status in (401, 403):
+    elif error.status in (401, 403, 429):  # 429: locked out after too many bad keys
         state = "refused"
     else:
         state = "failing"

@@ -11,11 +11,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.events import Resize
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer
+from textual.widgets import DataTable
 
 from proveai_tui import format as fmt
 from proveai_tui import palette
 from proveai_tui.client import AgentClient, AgentError
+from proveai_tui.widgets.footer import KeysFooter
 from proveai_tui.widgets.quiet_static import QuietStatic
 from proveai_tui.widgets.status_bar import StatusBar
 
@@ -219,7 +220,7 @@ class AuditScreen(Screen, inherit_bindings=False):
         yield QuietStatic(self._heading(), id="audit-heading")
         yield RecordTable(id="audit-records")
         yield QuietStatic("", id="audit-detail")
-        yield Footer(show_command_palette=False)
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         self.query_one(RecordTable).focus()

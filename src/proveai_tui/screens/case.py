@@ -12,7 +12,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Container
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import ContentSwitcher, Footer, Tree
+from textual.widgets import ContentSwitcher, Tree
 from textual.widgets.tree import TreeNode
 
 from proveai_tui import format as fmt
@@ -22,6 +22,7 @@ from proveai_tui.screens.case_actions import CaseActions
 from proveai_tui.widgets.case_changes import CaseChanges
 from proveai_tui.widgets.case_header import CaseHeader
 from proveai_tui.widgets.context_view import ContextView
+from proveai_tui.widgets.footer import KeysFooter
 from proveai_tui.widgets.hypotheses import HypothesisList
 from proveai_tui.widgets.quiet_static import QuietStatic
 from proveai_tui.widgets.scroll_pane import ScrollPane
@@ -211,7 +212,7 @@ class CaseScreen(CaseActions, Screen, inherit_bindings=False):
                 yield ContextView("", id="context")
             with ScrollPane(id="view-waterfall", classes="case-view", help_title="Waterfall"):
                 yield Waterfall("", id="waterfall")
-        yield Footer(show_command_palette=False)
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         self.query_one(SpanTree).focus()

@@ -14,7 +14,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input
+from textual.widgets import DataTable, Input
 from textual.worker import get_current_worker
 
 from proveai_tui import format as fmt
@@ -22,6 +22,7 @@ from proveai_tui import palette
 from proveai_tui.client import AgentClient, AgentError
 from proveai_tui.screens.overview import OverviewScreen
 from proveai_tui.widgets.case_table import SHORT, CaseTable
+from proveai_tui.widgets.footer import KeysFooter
 from proveai_tui.widgets.quiet_static import QuietStatic
 from proveai_tui.widgets.status_bar import StatusBar
 
@@ -298,7 +299,7 @@ class CasesScreen(Screen, inherit_bindings=False):
             line.display = False
             yield QuietStatic("filter ", classes="filter-label")
             yield Input(placeholder=FILTER_HELP, id="cases-filter", select_on_focus=False)
-        yield Footer(show_command_palette=False)
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         self.query_one(CaseTable).focus()

@@ -12,12 +12,13 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.events import Resize
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input
+from textual.widgets import DataTable, Input
 
 from proveai_tui import format as fmt
 from proveai_tui import palette
 from proveai_tui.client import AgentClient, AgentError
 from proveai_tui.render import SEPARATOR
+from proveai_tui.widgets.footer import KeysFooter
 from proveai_tui.widgets.quiet_static import QuietStatic
 from proveai_tui.widgets.status_bar import StatusBar
 
@@ -262,7 +263,7 @@ class ChangesScreen(Screen, inherit_bindings=False):
                 id="changes-filter",
                 select_on_focus=False,
             )
-        yield Footer(show_command_palette=False)
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         self.query_one(ChangeTable).focus()

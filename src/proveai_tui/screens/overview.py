@@ -18,10 +18,11 @@ from textual.binding import Binding, BindingType
 from textual.events import Resize
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer
+from textual.widgets import DataTable
 
 from proveai_tui.client import AgentError
 from proveai_tui.widgets.case_table import CaseTable
+from proveai_tui.widgets.footer import KeysFooter
 from proveai_tui.widgets.quiet_static import QuietStatic
 from proveai_tui.widgets.scroll_pane import ScrollPane
 from proveai_tui.widgets.service_panel import PANEL_HEIGHT, TALL_PANEL_HEIGHT, ServicePanel
@@ -174,7 +175,7 @@ class OverviewScreen(Screen, inherit_bindings=False):
         yield empty
         yield QuietStatic(cases_heading(None), id="cases-heading")
         yield CaseTable(id="cases")
-        yield Footer(show_command_palette=False)
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         self.query_one(CaseTable).focus()
