@@ -68,12 +68,14 @@ class Agent:
         self.patterns = TracePatterns(config.patterns)
         self._trend_due = 0.0
         self.prometheus = (
-            MetricsSource("prometheus", config.prometheus_url)
+            MetricsSource("prometheus", config.prometheus_url, config.source_timeout_s)
             if config.prometheus_url
             else None
         )
         self.victoriametrics = (
-            MetricsSource("victoriametrics", config.victoriametrics_url)
+            MetricsSource(
+                "victoriametrics", config.victoriametrics_url, config.source_timeout_s
+            )
             if config.victoriametrics_url
             else None
         )
@@ -93,7 +95,11 @@ class Agent:
         self._writer = await db.connect(self.config.db_path)
         await db.migrate(self._writer)
         self._reader = await db.connect(self.config.db_path)
-        self.span_store = SpanStore(self.config.db_path, self._reader)
+        self.span_store = SpanStore(
+            self.config.db_path,
+            self._reader,
+            min_free_bytes=self.config.min_free_disk_mb * 2**20,
+        )
         self.span_store.start()
         self.case_store = CaseStore(self._writer, self._reader)
         self.change_store = ChangeStore(self._writer, self._reader)
@@ -345,7 +351,7 @@ class Agent:
 
     async def _retention_loop(self) -> None:
         while True:
-            await asyncio.sleep(60)
+            await asyncio.sleep(self.config.retention_interval_s)
             try:
                 await self.span_store.prune(
                     self.config.retention_age_s, self.config.retention_bytes

@@ -1,4 +1,4 @@
-"""The `proveai-agent` command line: serve, demo, simulate, stack and bundle."""
+"""The `proveai-agent` command line: serve, demo, simulate, stack, backup and bundle."""
 
 from __future__ import annotations
 
@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "export":
             sub.add_argument("--out", type=Path, help="file to write (default: stdout)")
 
+    backup = commands.add_parser(
+        "backup", help="a consistent copy of the database, taken while the agent runs"
+    )
+    backup.add_argument("out", type=Path, help="the file to write; it must not exist")
+    backup.add_argument("--data-dir", type=Path, help="the agent's data directory")
+    backup.add_argument("--config", type=Path, help="the agent's TOML configuration")
+
     from . import bundle
 
     bundle_parser = commands.add_parser(
@@ -123,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_audit(args))
     if args.command == "report":
         return asyncio.run(_report(args))
+    if args.command == "backup":
+        return _backup(args)
     if args.command == "bundle":
         from . import bundle
 
@@ -182,6 +191,29 @@ async def _report(args: argparse.Namespace) -> int:
     else:
         args.out.write_text(text)
     return 0
+
+
+def _backup(args: argparse.Namespace) -> int:
+    """Copy the database; print what was written as JSON. Exit 1 when the copy fails its
+    integrity check (it is kept, to look into), 2 when nothing was written."""
+    import sqlite3
+
+    from .store.backup import backup
+
+    try:
+        config = load(args.config, data_dir=args.data_dir)
+        copy = backup(config.db_path, args.out)
+    except (OSError, ValueError, sqlite3.Error) as exc:
+        print(f"proveai-agent backup: {exc}", file=sys.stderr)
+        return 2
+    doc = {
+        "backup": str(copy.path),
+        "bytes": copy.bytes,
+        "schema_version": copy.schema_version,
+        "integrity": copy.integrity,
+    }
+    print(json.dumps(doc))
+    return 0 if copy.integrity == "ok" else 1
 
 
 async def _audit(args: argparse.Namespace) -> int:

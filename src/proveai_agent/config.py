@@ -198,6 +198,13 @@ class Config:
     grouping_window_s: int = 900
     retention_age_s: int = 7 * 86400
     retention_bytes: int = 2 * 1024**3
+    retention_interval_s: float = 60.0
+    """How often retention by age and by size runs over the span store."""
+    min_free_disk_mb: int = 512
+    """Below this much free space on the data directory's file system span ingest is
+    refused (503) so that cases and the audit log, in the same file, keep room to work."""
+    source_timeout_s: float = 5.0
+    """The timeout of each PromQL request to Prometheus or VictoriaMetrics."""
     exemplar_traces: int = 5
     drift_keys: list[str] = field(default_factory=lambda: list(DEFAULT_DRIFT_KEYS))
     drift_warmup_s: float = 120.0

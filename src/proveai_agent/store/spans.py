@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable
@@ -180,8 +181,17 @@ class SpanStore:
         path: Path,
         reader: aiosqlite.Connection,
         max_batch_spans: int = 20_000,
+        min_free_bytes: int = 0,
     ) -> None:
         self._path = path
+        self.min_free_bytes = min_free_bytes
+        self.free_bytes: Callable[[], int] = self._free_bytes_on_disk
+        """Free bytes for the database's file system; replaceable, so a test need not
+        fill a disk."""
+        self.free_check_s = 1.0
+        """Free space is read at most this often: ingest pays for one stat a second."""
+        self._free_checked_at = -float("inf")
+        self._disk_low: str | None = None
         self._reader = reader
         self._max_batch = max_batch_spans
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -252,9 +262,45 @@ class SpanStore:
         """Persist spans and details; raises StoreUnavailable when they were not committed."""
         if not spans and not details:
             return
+        self._refuse_when_disk_low()
         pending = _Pending(spans, details)
         await self._queue.put(pending)
         await pending.future
+
+    def _free_bytes_on_disk(self) -> int:
+        return shutil.disk_usage(self._path.parent).free
+
+    def _refuse_when_disk_low(self) -> None:
+        """Raise StoreUnavailable while free disk is below the floor.
+
+        Spans are by far the largest writes; stopping them first leaves the room that is
+        left to cases, their transitions and the audit log, which share the file.
+        """
+        if self.min_free_bytes <= 0:
+            return
+        now = time.monotonic()
+        if now - self._free_checked_at >= self.free_check_s:
+            self._free_checked_at = now
+            try:
+                free = self.free_bytes()
+            except OSError as exc:
+                logger.debug("free space of %s unknown: %s", self._path.parent, exc)
+                free = self.min_free_bytes
+            was_low = self._disk_low is not None
+            if free < self.min_free_bytes:
+                # Clients read this in the 503; the data directory is named only in the log.
+                self._disk_low = (
+                    f"free disk space is {free / 2**20:.0f} MiB, below the floor of"
+                    f" {self.min_free_bytes / 2**20:.0f} MiB: spans are refused until there"
+                    " is room again"
+                )
+                if not was_low:
+                    logger.warning("%s (data directory %s)", self._disk_low, self._path.parent)
+            elif was_low:
+                self._disk_low = None
+                logger.info("free disk space is back above the floor: spans are stored again")
+        if self._disk_low is not None:
+            raise StoreUnavailable(self._disk_low)
 
     async def _run(self) -> None:
         while True:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
+import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +18,36 @@ from urllib3.util.retry import Retry
 logger = logging.getLogger(__name__)
 
 Labels = tuple[str, ...]
+
+_source_request = threading.local()
+_URLLIB3_POOL = logging.getLogger("urllib3.connectionpool")
+
+
+class _RetryWarnings(logging.Filter):
+    """Lowers urllib3's warning of each retry to debug for the requests of a source.
+
+    A source that is down fails every query of every cycle; urllib3 would warn of each
+    retry, while the source's own line already said once that it is down.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING or not getattr(_source_request, "active", False):
+            return True
+        if not _URLLIB3_POOL.isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+_URLLIB3_POOL.addFilter(_RetryWarnings())
+
+
+def _as_source_request(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    _source_request.active = True
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _source_request.active = False
 
 
 class SourceError(Exception):
@@ -63,6 +95,7 @@ class MetricsSource:
         self.up = False
         self.error: str | None = None
         self._known = False
+        self._changed_by = -math.inf
         self._client = PrometheusConnect(
             url=self.url,
             headers=dict(headers) if headers else None,
@@ -111,28 +144,40 @@ class MetricsSource:
         return [str(n) for n in names]
 
     async def _call(self, described: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
         try:
-            result = await asyncio.to_thread(fn, *args, **kwargs)
+            result = await asyncio.to_thread(_as_source_request, fn, *args, **kwargs)
         except (requests.RequestException, PrometheusApiClientException, ValueError) as exc:
-            self._mark_down(described, f"{type(exc).__name__}: {exc}")
+            self._mark_down(described, f"{type(exc).__name__}: {exc}", started)
             raise SourceError(self.name, described, str(exc)) from exc
         except (KeyError, TypeError) as exc:
-            self._mark_down(described, f"unexpected answer: {type(exc).__name__}: {exc}")
+            message = f"unexpected answer: {type(exc).__name__}: {exc}"
+            self._mark_down(described, message, started)
             raise SourceError(self.name, described, f"unexpected answer: {exc}") from exc
-        self._mark_up()
+        self._mark_up(started)
         return result
 
-    def _mark_down(self, described: str, message: str) -> None:
+    def _mark_down(self, described: str, message: str, started: float) -> None:
+        """A failed request marks the source down, unless it was sent before the request
+        that last found it up: a query still timing out from an outage that is over says
+        nothing new, and would make the state flap."""
         error = f"query {described!r} failed: {message}"
+        if self.up and started < self._changed_by:
+            logger.debug("%s: a request sent before it was up failed: %s", self.name, error)
+            return
         if self.up or not self._known:
             logger.info("%s at %s is down: %s", self.name, self.url, error)
+            self._changed_by = started
         else:
             logger.debug("%s at %s still down: %s", self.name, self.url, error)
         self.up, self.error, self._known = False, error, True
 
-    def _mark_up(self) -> None:
+    def _mark_up(self, started: float) -> None:
+        if not self.up and started < self._changed_by:
+            return  # sent before the request that found the source down
         if not self.up:
             logger.info("%s at %s is up", self.name, self.url)
+            self._changed_by = started
         self.up, self.error, self._known = True, None, True
 
     def close(self) -> None:
