@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import re
 import time
 from datetime import datetime
@@ -56,17 +55,31 @@ def error_for(request: web.Request, status: int, message: str) -> web.StreamResp
 
 async def json_body(request: web.Request, limit: int = 1 << 20) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
+        raise _too_large(limit, request.content_length)
+    raw = bytearray()
+    while chunk := await request.content.read(limit + 1 - len(raw)):
+        raw += chunk
+        if len(raw) > limit:
+            raise _too_large(limit, len(raw))
     try:
         value = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise _bad(f"body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise _bad("body must be a JSON object")
+    if (b"\\ud" in raw or b"\\uD" in raw) and not _encodable(value):
+        raise _bad("body has a lone UTF-16 surrogate escape, which is not text")
     return value
+
+
+def _encodable(value: Any) -> bool:
+    """Whether a parsed body is valid Unicode throughout: JSON lets a string hold half of a
+    surrogate pair, which no UTF-8 store can hold."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_time(value: Any, field: str) -> float:
@@ -75,7 +88,8 @@ def parse_time(value: Any, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(wrong)
     seconds = _seconds_from_text(value, wrong, field) if isinstance(value, str) else value
-    if not math.isfinite(seconds) or not 0 <= seconds < 253402300800:
+    # Compared, not converted: an integer past a float's range is simply out of range.
+    if not 0 <= seconds < 253402300800:
         raise ValueError(f"{field} is out of range")
     return float(seconds)
 
@@ -165,6 +179,16 @@ def change_doc(change: Change) -> dict[str, Any]:
 def _bad(message: str) -> web.HTTPBadRequest:
     return web.HTTPBadRequest(
         text=json.dumps({"error": message}), content_type="application/json"
+    )
+
+
+def _too_large(limit: int, size: int) -> web.HTTPRequestEntityTooLarge:
+    """413 in the API's error shape, not aiohttp's plain-text one."""
+    return web.HTTPRequestEntityTooLarge(
+        max_size=limit,
+        actual_size=size,
+        text=json.dumps({"error": f"body exceeds {limit} bytes"}),
+        content_type="application/json",
     )
 
 
@@ -323,7 +347,7 @@ def setup(app: web.Application, agent: Agent) -> None:
             limit = int(request.query.get("limit", "1000"))
         except ValueError:
             return error(400, "after and limit must be integers")
-        if after < 0 or not 1 <= limit <= 10_000:
+        if not 0 <= after < 2**63 or not 1 <= limit <= 10_000:
             return error(400, "after must be 0 or more and limit between 1 and 10000")
         items = await agent.audit.store.records(after=after, limit=limit)
         return web.json_response({"items": items})

@@ -86,6 +86,7 @@ MAX_CONTENT_DEPTH = 16
 """Deepest nesting kept in a message part, tool-call arguments or a tool response sent as
 structure; a deeper one is dropped (a JSON string attribute is not bounded by the decoder)."""
 
+_MAX_COUNT = 2**63 - 1
 _DEFAULT_ROLE = {"system": "system", "input": "user", "output": "assistant"}
 _SCAN_PREFIXES = (
     "gen_ai.prompt.",
@@ -608,11 +609,12 @@ def _text(value: Any) -> str | None:
 
 
 def _count(value: Any) -> int | None:
+    """A token count; None unless it is a whole number that a signed 64-bit column holds."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return value if 0 <= value <= _MAX_COUNT else None
+    if isinstance(value, float) and value.is_integer() and 0 <= value <= _MAX_COUNT:
         return int(value)
     return None
 

@@ -20,7 +20,8 @@ that cannot be decoded at all raises `DecodeError`, and nothing else escapes the
 A span is rejected when its trace id is not 16 bytes or all zero, its span id not 8 bytes or all
 zero, its parent span id present but not 8 bytes (8 zero bytes mean no parent), its end is
 before its start, a timestamp does not fit a signed 64-bit integer, a value nests deeper than
-MAX_VALUE_DEPTH or, in JSON, a field of the span has the wrong type. A malformed container
+MAX_VALUE_DEPTH or, in JSON, a field of the span has the wrong type; a GenAI log record is
+rejected when its time does not fit a signed 64-bit integer. A malformed container
 (`resourceSpans` not an array, a span not an object, ...) fails the whole body.
 
 Bounds against hostile input (see the constants below): attributes past MAX_ATTRIBUTES on a
@@ -428,6 +429,9 @@ def _logs_pb(request: ExportLogsServiceRequest) -> Batch:
                         raise _Invalid(problem)
                     trace_id = _id_pb(record.trace_id, 16, "traceId")
                     span_id = _id_pb(record.span_id, 8, "spanId")
+                    time_ns = _record_time(
+                        record.time_unix_nano or record.observed_time_unix_nano
+                    )
                     attributes = _attributes_pb(record.attributes)
                     body = (
                         _value_pb(record.body, 1, "body") if record.HasField("body") else None
@@ -441,7 +445,7 @@ def _logs_pb(request: ExportLogsServiceRequest) -> Batch:
                         trace_id=trace_id,
                         span_id=span_id,
                         service=service,
-                        time_ns=record.time_unix_nano or record.observed_time_unix_nano,
+                        time_ns=time_ns,
                         event_name=name,
                         body=body,
                         attributes=attributes,
@@ -788,6 +792,7 @@ def _log_record_json(record: dict[str, Any], service: str, problem: str) -> list
             get("observedTimeUnixNano") or get("observed_time_unix_nano"),
             "observedTimeUnixNano",
         )
+    _record_time(time_ns)
     return genai.log_details(
         trace_id=trace_id,
         span_id=span_id,
@@ -998,6 +1003,13 @@ def _check_times(start: int, end: int) -> None:
         raise _Invalid(f"endTimeUnixNano {end} is before startTimeUnixNano {start}")
     if end > _MAX_INT64:
         raise _Invalid("endTimeUnixNano does not fit a signed 64-bit integer")
+
+
+def _record_time(time_ns: int) -> int:
+    """A log record's time, which is stored as a signed 64-bit integer like a span's."""
+    if time_ns > _MAX_INT64:
+        raise _Invalid("timeUnixNano does not fit a signed 64-bit integer")
+    return time_ns
 
 
 def _service(resource: dict[str, Any]) -> str:
