@@ -135,7 +135,7 @@ def handler(agent: Agent, signal: str) -> Callable[[web.Request], Awaitable[web.
             try:
                 await agent.ingest(batch, signal)
             except StoreUnavailable as exc:
-                raise RequestError(503, str(exc), retry_after=5) from None
+                raise RequestError(503, str(exc), retry_after=exc.retry_after) from None
         except RequestError as exc:
             return status_response(request, exc.status, exc.message, exc.retry_after)
         message = ""

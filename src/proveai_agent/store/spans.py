@@ -51,6 +51,20 @@ _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str
 class StoreUnavailable(RuntimeError):
     """The span store cannot take writes now (disk full, database error)."""
 
+    retry_after = 5
+    """Seconds a client is told to wait before it sends again."""
+
+
+class StoreBusy(StoreUnavailable):
+    """The write queue holds its bound of uncommitted spans: the client should send later.
+
+    Refusing at the bound, rather than queueing, keeps the memory held for ingest bounded
+    however many clients send at once; the queue drains in a commit or two, so the wait
+    asked for is short.
+    """
+
+    retry_after = 1
+
 
 def _span_row(span: Span, resource_id: int | None) -> tuple[Any, ...]:
     if span.raw is not None:
@@ -182,8 +196,17 @@ class SpanStore:
         reader: aiosqlite.Connection,
         max_batch_spans: int = 20_000,
         min_free_bytes: int = 0,
+        max_pending_spans: int = 100_000,
     ) -> None:
         self._path = path
+        self.max_pending_spans = max_pending_spans
+        """Spans accepted but not yet committed, at most; a write past it is refused with
+        StoreBusy. A single write larger than the bound is still taken when nothing else
+        waits, so that no request is refused for ever."""
+        self._pending_spans = 0
+        self.busy_refusals = 0
+        """Writes refused because the queue was full, since start."""
+        self._busy = False
         self.min_free_bytes = min_free_bytes
         self.free_bytes: Callable[[], int] = self._free_bytes_on_disk
         """Free bytes for the database's file system; replaceable, so a test need not
@@ -263,9 +286,31 @@ class SpanStore:
         if not spans and not details:
             return
         self._refuse_when_disk_low()
+        count = len(spans) + len(details)
+        if self._pending_spans and self._pending_spans + count > self.max_pending_spans:
+            self.busy_refusals += 1
+            if not self._busy:
+                self._busy = True
+                logger.warning(
+                    "span write queue holds %d uncommitted spans (bound %d): writes are"
+                    " refused with 503 until it drains",
+                    self._pending_spans,
+                    self.max_pending_spans,
+                )
+            raise StoreBusy(
+                f"span store is busy: {self._pending_spans} spans wait to be committed;"
+                " retry later"
+            )
         pending = _Pending(spans, details)
-        await self._queue.put(pending)
-        await pending.future
+        self._pending_spans += count
+        try:
+            self._queue.put_nowait(pending)
+            await pending.future
+        finally:
+            self._pending_spans -= count
+            if self._busy and self._pending_spans <= self.max_pending_spans // 2:
+                self._busy = False
+                logger.info("span write queue drained: writes are taken again")
 
     def _free_bytes_on_disk(self) -> int:
         return shutil.disk_usage(self._path.parent).free
