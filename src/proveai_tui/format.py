@@ -5,6 +5,7 @@ Unknown values are written as "no data" (panels) or "—" (tables and lists), ne
 
 from __future__ import annotations
 
+import functools
 import math
 from datetime import UTC, datetime
 from typing import Any
@@ -133,6 +134,12 @@ def parse_time(value: Any) -> datetime | None:
         return datetime.fromtimestamp(value, UTC)
     if not isinstance(value, str) or not value:
         return None
+    return _parse_text(value)
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_text(value: str) -> datetime | None:
+    """Cached: every live delivery brings the same few hundred timestamps again."""
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"

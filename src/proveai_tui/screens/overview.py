@@ -150,6 +150,7 @@ class OverviewScreen(Screen, inherit_bindings=False):
         self._highlighted: dict[str, Any] | None = None
         self._range_index = 0
         self._live: dict[str, Any] | None = None
+        self._held: tuple[dict[str, Any] | None, list[dict[str, Any]] | None] = (None, None)
         self._shown: dict[str, Any] | None = None
         self._shown_range = LIVE_RANGE
         self._failed = ""
@@ -180,8 +181,23 @@ class OverviewScreen(Screen, inherit_bindings=False):
     def on_mount(self) -> None:
         self.query_one(CaseTable).focus()
 
+    def on_screen_resume(self) -> None:
+        """Show what arrived while another screen was in front."""
+        overview, cases = self._held
+        if overview is not None or cases is not None:
+            self._held = (None, None)
+            self.show(overview, cases)
+
     def show(self, overview: dict[str, Any] | None, cases: list[dict[str, Any]] | None) -> None:
-        """Show what arrived; None leaves that part as it was."""
+        """Show what arrived; None leaves that part as it was.
+
+        While another screen is in front, the latest of each is kept and shown when this
+        screen comes back: nobody sees the work of redrawing a screen that is not shown.
+        """
+        if self.is_attached and not self.is_current:
+            held_overview, held_cases = self._held
+            self._held = (overview or held_overview, cases if cases is not None else held_cases)
+            return
         if cases is not None:
             self._cases = cases
             self.query_one(CaseTable).show_cases(cases)
