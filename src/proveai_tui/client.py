@@ -171,20 +171,18 @@ class AgentClient:
             raise AgentError(
                 f"GET /api/stream: {error.status} is not a websocket", error.status
             ) from None
-        except aiohttp.ClientConnectorError as error:
-            raise _connect_error(self.base_url, error) from None
-        except aiohttp.ServerDisconnectedError:
-            raise AgentError(
-                f"{self.base_url} closed the connection without answering"
-            ) from None
-        except TimeoutError:
-            raise AgentError(
-                f"no answer from {self.base_url} within {self._timeout_s:g} s"
-            ) from None
-        except aiohttp.ClientError as error:
-            raise AgentError(
-                f"GET /api/stream failed: {error or type(error).__name__}"
-            ) from None
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise self._transport_error(error, "GET /api/stream") from None
+
+    def _transport_error(self, error: Exception, what: str) -> AgentError:
+        """A request that got no HTTP answer, as one line: unreachable, dropped, too slow."""
+        if isinstance(error, aiohttp.ClientConnectorError):
+            return _connect_error(self.base_url, error)
+        if isinstance(error, aiohttp.ServerDisconnectedError):
+            return AgentError(f"{self.base_url} closed the connection without answering")
+        if isinstance(error, TimeoutError):
+            return AgentError(f"no answer from {self.base_url} within {self._timeout_s:g} s")
+        return AgentError(f"{what} failed: {error or type(error).__name__}")
 
     async def close(self) -> None:
         if self._session is not None:
@@ -238,20 +236,8 @@ class AgentClient:
             ) as response:
                 body_bytes = await response.read()
                 status = response.status
-        except aiohttp.ClientConnectorError as error:
-            raise _connect_error(self.base_url, error) from None
-        except aiohttp.ServerDisconnectedError:
-            raise AgentError(
-                f"{self.base_url} closed the connection without answering"
-            ) from None
-        except TimeoutError:
-            raise AgentError(
-                f"no answer from {self.base_url} within {self._timeout_s:g} s"
-            ) from None
-        except aiohttp.ClientError as error:
-            raise AgentError(
-                f"{method} {path} failed: {error or type(error).__name__}"
-            ) from None
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise self._transport_error(error, f"{method} {path}") from None
 
         if status >= 400:
             refused = _http_error(status, body_bytes)
