@@ -116,6 +116,29 @@ async def test_a_refused_ticket_is_reported_and_loses_nothing(agent_factory, htt
             assert response.status == 400
 
 
+async def test_a_ticket_without_a_configured_tracker_is_409_and_changes_nothing(
+    agent_factory, http
+) -> None:
+    agent = await agent_factory(tickets=TicketConfig(jira_url="https://jira.example.com"))
+    await agent.case_service.on_signal(signal())
+    before = await agent.case_store.get(1)
+    expected = {
+        "github": ("github_repo", "github_token", "[tickets]"),
+        "jira": ("jira_project", "jira_token", "[tickets]"),
+    }
+    for system, settings in expected.items():
+        async with http.post(
+            f"{agent.url}/api/cases/CASE-1/ticket",
+            json={"system": system, "actor": "ana"},
+            headers={"X-API-Key": OPERATOR_KEY},
+        ) as response:
+            assert response.status == 409, system
+            message = (await response.json())["error"]
+        assert all(name in message for name in settings), message
+    # Nothing was attempted, so the case and its timeline are as they were.
+    assert await agent.case_store.get(1) == before
+
+
 async def test_a_case_opening_is_sent_to_the_webhook(agent_factory, remote) -> None:
     agent = await agent_factory(notify=NotifyConfig(webhook_url=f"{remote.url}/hook"))
     await agent.case_service.on_signal(signal())

@@ -51,6 +51,11 @@ class TicketError(Exception):
     """A ticket could not be created; the message names the system, status and reason."""
 
 
+class TicketNotConfigured(TicketError):
+    """The system asked for has no usable tracker configured: nothing was sent anywhere,
+    and the message names the settings that are missing or wrong."""
+
+
 @dataclass
 class TicketConfig:
     """Where tickets go and how hard to try.
@@ -141,9 +146,13 @@ class _Request:
 
 def _github_request(config: TicketConfig, case: dict[str, Any]) -> _Request:
     if not config.github_repo or not config.github_token:
-        raise TicketError("github: not configured (github_repo and github_token are needed)")
+        raise TicketNotConfigured(
+            "github: not configured (github_repo and github_token are needed)"
+        )
     if not _REPO.match(config.github_repo):
-        raise TicketError(f"github: github_repo must be owner/name, got {config.github_repo!r}")
+        raise TicketNotConfigured(
+            f"github: github_repo must be owner/name, got {config.github_repo!r}"
+        )
     return _Request(
         url=f"{_root(config.github_url)}/repos/{config.github_repo}/issues",
         headers={
@@ -163,7 +172,7 @@ def _github_request(config: TicketConfig, case: dict[str, Any]) -> _Request:
 def _jira_request(config: TicketConfig, case: dict[str, Any]) -> _Request:
     basic = bool(config.jira_user and config.jira_password)
     if not config.jira_url or not config.jira_project or not (config.jira_token or basic):
-        raise TicketError(
+        raise TicketNotConfigured(
             "jira: not configured (jira_url, jira_project and jira_token, or jira_user "
             "and jira_password, are needed)"
         )

@@ -17,7 +17,7 @@ from ..cases.lifecycle import ENGINEER, Refused, Request
 from ..cases.service import parse_case_id, rfc3339, summary
 from ..engine.service import signature_of
 from ..store.changes import KINDS, Change
-from ..tickets import TicketError, create_ticket
+from ..tickets import TicketError, TicketNotConfigured, create_ticket
 
 if TYPE_CHECKING:
     from ..agent import Agent
@@ -307,6 +307,9 @@ def setup(app: web.Application, agent: Agent) -> None:
             return error(404, f"no case {request.match_info['case_id']}")
         try:
             made = await create_ticket(agent.config.tickets, system, doc)
+        except TicketNotConfigured as exc:
+            # The caller's situation, not the tracker's failure: nothing was tried.
+            return error(409, f"{exc}; set them under [tickets] in the agent's config")
         except TicketError as exc:
             await agent.case_service.add_ticket(doc["id"], actor, None, str(exc))
             return error(502, str(exc))
