@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +22,8 @@ Labels = tuple[str, ...]
 
 _source_request = threading.local()
 _URLLIB3_POOL = logging.getLogger("urllib3.connectionpool")
+_BAD_QUERY = re.compile(r"HTTP Status Code (400|422)\b")
+"""How prometheus-api-client reports a query the source refused as bad."""
 
 
 class _RetryWarnings(logging.Filter):
@@ -68,6 +71,12 @@ class MetricsSource:
     the exact query and the full message from the other side. A change of state is
     logged at info once; a source that stays down is not logged again.
 
+    A source that fails is backed off: for `backoff_s` after a failure, then twice that
+    after the next, up to `backoff_max_s`, queries fail at once (SourceError) without a
+    request, so an outage is not made worse by a request per query per cycle. The first
+    request after the wait probes it; one answer ends the back-off. A query the source
+    refused as bad (400, 422) says nothing about the source and is not backed off.
+
     Args:
         name: "prometheus" or "victoriametrics" (also how it is reported).
         url: the base URL, e.g. http://127.0.0.1:9090.
@@ -75,6 +84,9 @@ class MetricsSource:
         headers: extra request headers, e.g. an API key for a source behind Envoy.
         victoriametrics: whether the source is VictoriaMetrics (its response cache is
             then skipped with `nocache=1`); by default, whether `name` says so.
+        backoff_s: the first wait after a failure; 0 sends every query (no back-off).
+        backoff_max_s: the longest wait, however long the outage.
+        clock: monotonic seconds; replaceable so a test need not wait.
     """
 
     def __init__(
@@ -85,6 +97,9 @@ class MetricsSource:
         *,
         headers: Mapping[str, str] | None = None,
         victoriametrics: bool | None = None,
+        backoff_s: float = 0.0,
+        backoff_max_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self.url = url.rstrip("/")
@@ -96,6 +111,15 @@ class MetricsSource:
         self.error: str | None = None
         self._known = False
         self._changed_by = -math.inf
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self._clock = clock
+        self._failures = 0
+        """Failed tries in a row, counting one per back-off round."""
+        self._retry_at = -math.inf
+        self._backed_off_at = -math.inf
+        self.skipped = 0
+        """Queries failed without a request because the source was backed off."""
         self._client = PrometheusConnect(
             url=self.url,
             headers=dict(headers) if headers else None,
@@ -144,18 +168,38 @@ class MetricsSource:
         return [str(n) for n in names]
 
     async def _call(self, described: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        started = time.monotonic()
+        started = self._clock()
+        if started < self._retry_at:
+            self.skipped += 1
+            wait = self._retry_at - started
+            raise SourceError(
+                self.name, described, f"not sent: the source is down, next try in {wait:.1f} s"
+            )
         try:
             result = await asyncio.to_thread(_as_source_request, fn, *args, **kwargs)
         except (requests.RequestException, PrometheusApiClientException, ValueError) as exc:
             self._mark_down(described, f"{type(exc).__name__}: {exc}", started)
+            if not _BAD_QUERY.search(str(exc)):
+                self._back_off(started)
             raise SourceError(self.name, described, str(exc)) from exc
         except (KeyError, TypeError) as exc:
             message = f"unexpected answer: {type(exc).__name__}: {exc}"
             self._mark_down(described, message, started)
+            self._back_off(started)
             raise SourceError(self.name, described, f"unexpected answer: {exc}") from exc
         self._mark_up(started)
         return result
+
+    def _back_off(self, started: float) -> None:
+        """Wait longer before the next try; requests sent before the last decision (in
+        flight together with the one that made it) do not lengthen the wait again."""
+        if self.backoff_s <= 0 or started < self._backed_off_at:
+            return
+        now = self._clock()
+        self._failures += 1
+        wait = min(self.backoff_s * 2 ** min(self._failures - 1, 60), self.backoff_max_s)
+        self._retry_at, self._backed_off_at = now + wait, now
+        logger.debug("%s: next try in %.1f s", self.name, wait)
 
     def _mark_down(self, described: str, message: str, started: float) -> None:
         """A failed request marks the source down, unless it was sent before the request
@@ -173,6 +217,8 @@ class MetricsSource:
         self.up, self.error, self._known = False, error, True
 
     def _mark_up(self, started: float) -> None:
+        if started >= self._backed_off_at:
+            self._failures, self._retry_at = 0, -math.inf
         if not self.up and started < self._changed_by:
             return  # sent before the request that found the source down
         if not self.up:
