@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from rich.text import Text
 from textual.binding import Binding, BindingType
+from textual.cache import LRUCache
 from textual.coordinate import Coordinate
 from textual.events import Resize
 from textual.message import Message
 from textual.widgets import DataTable
+from textual.widgets.data_table import RowKey
 
 from proveai_tui import format as fmt
 from proveai_tui import palette
@@ -217,12 +220,8 @@ class CaseTable(DataTable, inherit_bindings=False):
             for case, row, old, new in zip(
                 self._cases, rows, previous[1], drawn[1], strict=True
             ):
-                if old == new:
-                    continue
-                cells = self._cells(row, widths)
-                for key, cell, was, now_is in zip(widths, cells, old, new, strict=True):
-                    if was != now_is:
-                        self.update_cell(str(case.get("id")), key, cell)
+                if old != new:
+                    self._replace_row(str(case.get("id")), self._cells(row, widths))
             self._tell()
             return
 
@@ -238,6 +237,38 @@ class CaseTable(DataTable, inherit_bindings=False):
         if keep in self.case_ids:
             self.move_cursor(row=self.case_ids.index(keep), animate=False)
         self._tell()
+
+    def _replace_row(self, row_key: str, cells: list[Text]) -> None:
+        """Put new cells in one row and draw that row alone.
+
+        `update_cell` counts any change as a change of the whole table: every cache the
+        table keeps misses and every visible row is drawn again, which makes one changed
+        state in a live delivery cost as much as drawing the screen. Here the cached
+        renders of this row are dropped, the rest stay, and only the row's lines are
+        marked for redrawing. Should the table keep its caches differently one day, the
+        change falls back to `update_cell`.
+        """
+        key = RowKey(row_key)
+        try:
+            index = self._row_locations.get(key)
+            data = self._data[key]
+            caches = (self._cell_render_cache, self._row_render_cache)
+            renderables, lines = self._row_renderable_cache, self._line_cache
+        except (AttributeError, KeyError):
+            index = None
+        columns = list(self.columns)  # in the order the cells are given
+        if index is None:
+            for column, cell in zip(columns, cells, strict=True):
+                self.update_cell(key, column, cell)
+            return
+        for column, cell in zip(columns, cells, strict=True):
+            data[column] = cell
+        for cache in caches:
+            _discard(cache, lambda cached: cached[0] == key)
+        _discard(renderables, lambda cached: cached[1] == index)
+        region = self._get_row_region(index)
+        _discard(lines, lambda cached: region.y <= cached[0] < region.bottom)
+        self.refresh_row(index)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         self._tell()
@@ -262,3 +293,10 @@ class CaseTable(DataTable, inherit_bindings=False):
                 text.stylize("bold")
             cells.append(text)
         return cells
+
+
+def _discard(cache: LRUCache[Any, Any], matches: Callable[[Any], bool]) -> None:
+    """Drop the entries of one of the table's caches whose key matches."""
+    for key in list(cache.keys()):  # the cache has no iterator of its own
+        if matches(key):
+            cache.discard(key)
