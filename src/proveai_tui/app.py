@@ -21,7 +21,7 @@ from textual.worker import Worker, WorkerState
 
 from proveai_tui import __version__
 from proveai_tui import settings as console_settings
-from proveai_tui.client import DEFAULT_URL, AgentClient, AgentError
+from proveai_tui.client import DEFAULT_URL, AgentClient, AgentError, check_url
 from proveai_tui.commands import BindingCommands
 from proveai_tui.feed import CASE_PAGE, SAFETY_POLL_S, LiveSource, Snapshot, StreamSource
 from proveai_tui.screens.audit import AuditScreen
@@ -295,6 +295,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="API key sent as X-API-Key (default: $PROVEAI_API_KEY, which keeps it out of ps)",
     )
     parser.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        default=os.environ.get("PROVEAI_CA_FILE") or None,
+        help="the CA (PEM) that an https:// agent's certificate must chain to, for a private"
+        " CA (default: $PROVEAI_CA_FILE, else the system's trusted CAs)",
+    )
+    parser.add_argument(
         "--interval",
         metavar="SECONDS",
         type=float,
@@ -320,9 +327,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.interval <= 0:
         parser.error("--interval must be more than 0")
     try:
-        args.client = AgentClient(args.agent, args.api_key or os.environ.get("PROVEAI_API_KEY"))
+        check_url(args.agent)
     except ValueError as error:
         parser.error(f"--agent: {error}")
+    try:
+        args.client = AgentClient(
+            args.agent,
+            args.api_key or os.environ.get("PROVEAI_API_KEY"),
+            ca_file=args.ca_file,
+        )
+    except ValueError as error:
+        parser.error(f"--ca-file: {error}")
     return args
 
 

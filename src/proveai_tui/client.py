@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import ssl
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -64,6 +65,39 @@ def _http_error(status: int, body: bytes) -> AgentError:
     return AgentError(message, status)
 
 
+def tls_context(ca_file: str | os.PathLike[str] | None) -> ssl.SSLContext:
+    """What an https:// agent's certificate is checked against: `ca_file` (PEM) alone when
+    given, for a private CA, else the system's store. Names are always checked.
+
+    Raises:
+        ValueError: the file cannot be read or holds no CA certificate.
+    """
+    if ca_file is None:
+        return ssl.create_default_context()
+    try:
+        return ssl.create_default_context(cafile=os.fspath(ca_file))
+    except FileNotFoundError:
+        raise ValueError(f"{ca_file}: no such file") from None
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"{ca_file}: not a readable PEM CA certificate ({exc})") from None
+
+
+def _tls_error(base_url: str, error: aiohttp.ClientSSLError) -> AgentError:
+    if isinstance(error, aiohttp.ClientConnectorCertificateError):
+        cause = error.certificate_error
+        reason = getattr(cause, "verify_message", None) or str(cause)
+        return AgentError(
+            f"cannot trust {base_url}: its certificate does not verify ({reason})"
+            " — give its CA with --ca-file or PROVEAI_CA_FILE"
+        )
+    reason = getattr(error.os_error, "reason", None) or str(error.os_error or error)
+    if reason == "WRONG_VERSION_NUMBER":
+        return AgentError(
+            f"TLS with {base_url} failed: it answers plain HTTP — use an http:// URL"
+        )
+    return AgentError(f"TLS with {base_url} failed: {str(reason).lower().replace('_', ' ')}")
+
+
 def _connect_error(base_url: str, error: aiohttp.ClientConnectorError) -> AgentError:
     code = error.os_error.errno if error.os_error else None
     cause = os.strerror(code) if code and code > 0 else (error.os_error.strerror or str(error))
@@ -77,14 +111,22 @@ class AgentClient:
         base_url: the agent, e.g. http://127.0.0.1:8470.
         api_key: sent as X-API-Key; None sends no key.
         timeout_s: the longest a request may take, connection included.
+        ca_file: the CA (PEM) that an https:// agent's certificate must chain to; None for
+            the system's store. ValueError when it cannot be loaded.
     """
 
     def __init__(
-        self, base_url: str, api_key: str | None = None, timeout_s: float = 5.0
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout_s: float = 5.0,
+        ca_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.base_url = check_url(base_url)
         self._api_key = api_key or None
         self._timeout_s = timeout_s
+        https = self.base_url.startswith("https:")
+        self._tls = tls_context(ca_file) if https or ca_file is not None else None
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -175,11 +217,15 @@ class AgentClient:
             raise self._transport_error(error, "GET /api/stream") from None
 
     def _transport_error(self, error: Exception, what: str) -> AgentError:
-        """A request that got no HTTP answer, as one line: unreachable, dropped, too slow."""
+        """A request that got no HTTP answer, as one line: unreachable, untrusted, dropped,
+        too slow."""
+        if isinstance(error, aiohttp.ClientSSLError):
+            return _tls_error(self.base_url, error)
         if isinstance(error, aiohttp.ClientConnectorError):
             return _connect_error(self.base_url, error)
         if isinstance(error, aiohttp.ServerDisconnectedError):
-            return AgentError(f"{self.base_url} closed the connection without answering")
+            hint = " — if it serves HTTPS, use an https:// URL" if self._tls is None else ""
+            return AgentError(f"{self.base_url} closed the connection without answering{hint}")
         if isinstance(error, TimeoutError):
             return AgentError(f"no answer from {self.base_url} within {self._timeout_s:g} s")
         return AgentError(f"{what} failed: {error or type(error).__name__}")
@@ -197,6 +243,7 @@ class AgentClient:
             self._session = aiohttp.ClientSession(
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+                connector=aiohttp.TCPConnector(ssl=self._tls if self._tls else True),
             )
         return self._session
 

@@ -66,7 +66,10 @@ class FixWatcher:
             request = urllib.request.Request(f"{self.api.url}/api/cases?{query}")
             if self.api.key:
                 request.add_header("X-API-Key", self.api.key)
-            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+            context = self.api.tls()
+            with urllib.request.urlopen(
+                request, timeout=TIMEOUT_S, context=context
+            ) as response:
                 answer = json.load(response)
             for case in answer.get("items", []):
                 if case.get("service") in self.services:

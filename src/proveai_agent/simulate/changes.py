@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 import tempfile
 import urllib.error
 import urllib.parse
@@ -26,13 +27,21 @@ POST_TIMEOUT_S = 5.0
 
 @dataclass(frozen=True, slots=True)
 class AgentApi:
-    """Where deploy markers are posted, and the key they are posted with."""
+    """Where deploy markers are posted, the key they are posted with and the CA (PEM) that
+    an https:// agent's certificate must chain to (None: the system's store)."""
 
     url: str | None
     key: str | None
+    ca_file: str | None = None
+
+    def tls(self) -> ssl.SSLContext | None:
+        """The context that checks the agent's certificate; None for plain HTTP."""
+        if self.ca_file is None and not (self.url or "").startswith("https:"):
+            return None
+        return ssl.create_default_context(cafile=self.ca_file)
 
 
-def agent_api(agent: str | None, api_key: str | None) -> AgentApi:
+def agent_api(agent: str | None, api_key: str | None, ca_file: str | None = None) -> AgentApi:
     """The agent's API from the options, else from the standard OTLP exporter variables."""
     url = agent
     if url is None:
@@ -43,7 +52,9 @@ def agent_api(agent: str | None, api_key: str | None) -> AgentApi:
     key = api_key
     if key is None:
         key = _header_key(os.environ.get("OTEL_EXPORTER_OTLP_HEADERS", ""))
-    return AgentApi(url, key)
+    if ca_file is None:
+        ca_file = os.environ.get("OTEL_EXPORTER_OTLP_CERTIFICATE") or None
+    return AgentApi(url, key, ca_file)
 
 
 def _header_key(headers: str) -> str | None:
@@ -161,7 +172,9 @@ class ChangePlayer:
         if self.api.key:
             request.add_header("X-API-Key", self.api.key)
         try:
-            with urllib.request.urlopen(request, timeout=POST_TIMEOUT_S) as response:
+            with urllib.request.urlopen(
+                request, timeout=POST_TIMEOUT_S, context=self.api.tls()
+            ) as response:
                 response.read()
         except urllib.error.HTTPError as error:
             return f"change: {what} (refused: HTTP {error.code} {error.read()[:200]!r})"

@@ -67,6 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="send this key as X-API-Key; default: OTEL_EXPORTER_OTLP_HEADERS",
     )
     parser.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        help="the CA (PEM) that an https:// agent's certificate must chain to; default: "
+        "OTEL_EXPORTER_OTLP_CERTIFICATE, else the system's trusted CAs",
+    )
+    parser.add_argument(
         "--rate",
         type=_positive_float,
         default=4.0,
@@ -147,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     try:
+        if args.ca_file is not None and not Path(args.ca_file).is_file():
+            raise UsageError(f"--ca-file {args.ca_file}: no such file")
         faults = plan_faults(args)
         if args.fix_when_applied and not faults:
             raise UsageError("--fix-when-applied needs --inject or --scenario")
@@ -165,12 +173,17 @@ def run(args: argparse.Namespace) -> int:
         scenario = library[args.scenario]
         onset = args.onset if args.onset is not None else scenario.onset_s
         player = ChangePlayer(
-            scenario, onset, suffix, args.workdir, agent_api(args.agent, args.api_key)
+            scenario,
+            onset,
+            suffix,
+            args.workdir,
+            agent_api(args.agent, args.api_key, args.ca_file),
         )
         print(_scenario_line(scenario, onset, player), flush=True)
     try:
         providers = {
-            source.service: _provider(source, args.agent, args.api_key) for source, _ in sources
+            source.service: _provider(source, args.agent, args.api_key, args.ca_file)
+            for source, _ in sources
         }
     except ImportError as error:
         print(
@@ -188,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"simulate: {case_id} has a fix applied; stopping the fault", flush=True)
             schedule.request_fix()
 
-        api = agent_api(args.agent, args.api_key)
+        api = agent_api(args.agent, args.api_key, args.ca_file)
         if api.url is None:
             print(f"{PROG}: error: --fix-when-applied needs the agent's URL", file=sys.stderr)
             return 2
@@ -400,11 +413,13 @@ class _Emitter:
         span.end(end_time=origin_ns + plan.end_ns)
 
 
-def _provider(source: Source, agent: str | None, api_key: str | None) -> TracerProvider:
+def _provider(
+    source: Source, agent: str | None, api_key: str | None, ca_file: str | None = None
+) -> TracerProvider:
     """A TracerProvider for one simulated service, exporting in batches over OTLP/HTTP.
 
-    Endpoint and headers are passed only when given as options, so otherwise the exporter
-    reads the standard OTEL_EXPORTER_OTLP_* variables itself.
+    Endpoint, headers and CA are passed only when given as options, so otherwise the
+    exporter reads the standard OTEL_EXPORTER_OTLP_* variables itself.
     """
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import ProcessResourceDetector, Resource
@@ -424,6 +439,9 @@ def _provider(source: Source, agent: str | None, api_key: str | None) -> TracerP
         options["endpoint"] = _traces_url(agent)
     if api_key is not None:
         options["headers"] = {"X-API-Key": api_key}
+    if ca_file is not None:
+        options["certificate_file"] = ca_file
+    options["session"] = _ca_keeping_session()
 
     provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     # Export every second unless the standard variable says otherwise: the SDK's default of
@@ -433,6 +451,24 @@ def _provider(source: Source, agent: str | None, api_key: str | None) -> TracerP
         BatchSpanProcessor(OTLPSpanExporter(**options), schedule_delay_millis=delay)
     )
     return provider
+
+
+def _ca_keeping_session() -> Any:
+    """A requests session that keeps the CA file the exporter sets on it.
+
+    The exporter sets the session's `verify` to the CA file and posts without one, so
+    plain requests would let REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE from the environment
+    replace it and then refuse the agent's private certificate."""
+    import requests
+
+    class Session(requests.Session):
+        def merge_environment_settings(self, *args: Any, **kwargs: Any) -> Any:
+            settings = super().merge_environment_settings(*args, **kwargs)
+            if isinstance(self.verify, str):
+                settings["verify"] = self.verify
+            return settings
+
+    return Session()
 
 
 def _traces_url(agent: str) -> str:
