@@ -47,7 +47,7 @@ import re
 from collections.abc import Callable
 from functools import partial
 from operator import attrgetter
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
@@ -73,6 +73,9 @@ from proveai_agent.spans import (
     Rejected,
     Span,
 )
+
+if TYPE_CHECKING:
+    from proveai_agent.ingest.redact import Redactor
 
 MAX_ATTRIBUTES = 1024
 """Attributes kept per span, event, log record or data point; the rest are dropped."""
@@ -139,25 +142,33 @@ class _Invalid(ValueError):
     """One span, record or data point breaks a rule; the message is the rejection reason."""
 
 
-def decode_traces(body: bytes, content_type: str, content: bool = True) -> Batch:
-    """Decode an ExportTraceServiceRequest into normalised spans and rejections."""
+def decode_traces(
+    body: bytes, content_type: str, content: bool = True, redactor: Redactor | None = None
+) -> Batch:
+    """Decode an ExportTraceServiceRequest into normalised spans and rejections.
+
+    A `redactor` rewrites the parsed request before anything is read from it (redact.py).
+    """
     return _decode(
         body,
         content_type,
         ExportTraceServiceRequest,
         partial(_traces_pb, content=content),
         partial(_traces_json, content=content),
+        redactor,
     )
 
 
-def decode_logs(body: bytes, content_type: str) -> Batch:
+def decode_logs(body: bytes, content_type: str, redactor: Redactor | None = None) -> Batch:
     """Decode an ExportLogsServiceRequest into span details (GenAI events) and rejections."""
-    return _decode(body, content_type, ExportLogsServiceRequest, _logs_pb, _logs_json)
+    return _decode(body, content_type, ExportLogsServiceRequest, _logs_pb, _logs_json, redactor)
 
 
-def decode_metrics(body: bytes, content_type: str) -> Batch:
+def decode_metrics(body: bytes, content_type: str, redactor: Redactor | None = None) -> Batch:
     """Decode an ExportMetricsServiceRequest into GenAI metric points and a dropped count."""
-    return _decode(body, content_type, ExportMetricsServiceRequest, _metrics_pb, _metrics_json)
+    return _decode(
+        body, content_type, ExportMetricsServiceRequest, _metrics_pb, _metrics_json, redactor
+    )
 
 
 def encode_response(
@@ -213,14 +224,20 @@ def _decode(
     request_type: Any,
     from_protobuf: Callable[[Any], Batch],
     from_json: Callable[[dict[str, Any]], Batch],
+    redactor: Redactor | None = None,
 ) -> Batch:
     _, is_json = _media_type(content_type)
     name = request_type.DESCRIPTOR.name
     try:
         if is_json:
-            return from_json(_load_json(body))
+            document = _load_json(body)
+            if redactor is not None:
+                redactor.json(document)
+            return from_json(document)
         request = request_type()
         request.ParseFromString(bytes(body))
+        if redactor is not None:
+            redactor.protobuf(request)
         return from_protobuf(request)
     except DecodeError:
         raise
