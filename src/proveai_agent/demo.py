@@ -18,6 +18,7 @@ from .config import default_data_dir
 from .stack.native import NativeStack
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -43,13 +44,23 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
+def _without_proxy_for(hosts: tuple[str, ...], env: dict[str, str]) -> dict[str, str]:
+    """`env` with `hosts` added to no_proxy: an HTTP proxy set in the environment is for
+    the way out, and the demo's processes talk only to each other on this host, which
+    they must not do through a proxy somewhere else."""
+    listed = [h for h in env.get("no_proxy", env.get("NO_PROXY", "")).split(",") if h]
+    value = ",".join(dict.fromkeys([*listed, *hosts]))
+    return {**env, "no_proxy": value, "NO_PROXY": value}
+
+
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the agent exited with {proc.returncode}; see {log}")
         try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:
+            with opener.open(f"{url}/healthz", timeout=1) as response:
                 if response.status == 200:
                     return
         except OSError:
@@ -86,6 +97,7 @@ def run_demo(args: argparse.Namespace) -> int:
     url = f"http://{host}:{port}"
     python = sys.executable
     env = {**os.environ, "PROVEAI_API_KEY": key, "PROVEAI_URL": url}
+    env = _without_proxy_for((*LOCAL_HOSTS, host), env)
     env.pop("PROVEAI_API_KEYS", None)
 
     stack = NativeStack(
