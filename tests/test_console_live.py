@@ -262,13 +262,15 @@ async def live(agent_factory: Callable[..., Any], tmp_path: Path) -> AsyncIterat
         scrape_interval_s=1,
         vm_latency_offset_s=1,
     )
-    agent = await agent_factory(
-        listen=f"127.0.0.1:{port}",
-        prometheus_url=stack.prometheus_url,
-        victoriametrics_url=stack.victoriametrics_url,
-    )
+    # The stores first, as the demo starts them: an agent that finds a store down backs
+    # off from it, and this test is about the console, not about that wait.
     await asyncio.to_thread(stack.start)
     try:
+        agent = await agent_factory(
+            listen=f"127.0.0.1:{port}",
+            prometheus_url=stack.prometheus_url,
+            victoriametrics_url=stack.victoriametrics_url,
+        )
         trace_ids = await asyncio.to_thread(send_traces, agent.url)
         await asyncio.to_thread(wait_for_data, agent.url)
         yield Live(agent, stack, trace_ids)

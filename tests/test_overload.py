@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
+import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -27,6 +28,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 
 from agentfix import OPERATOR_KEY, READ_KEY
+from proveai_agent.config import load as load_config
 
 PROTOBUF = {"Content-Type": "application/x-protobuf", "X-API-Key": OPERATOR_KEY}
 START_NS = 1_700_000_000_000_000_000
@@ -146,6 +148,46 @@ async def test_full_write_queue_answers_503_with_retry_after_and_holds_no_more(
     async with http.post(url, data=body, headers=PROTOBUF) as r:
         assert r.status == 200
     assert len(stored_trace_ids(agent)) == 30
+
+
+async def test_a_configured_smaller_queue_bound_is_the_one_enforced(
+    agent_factory, http, tmp_path
+):
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text("max_pending_spans = 10\n")
+    bound = load_config(config_file).max_pending_spans
+    assert bound == 10
+    agent = await agent_factory(max_pending_spans=bound)
+    store = agent.span_store
+    gate = slow_commits(agent)
+    gate.clear()
+    url = f"{agent.url}/v1/traces"
+    first = asyncio.ensure_future(
+        http.post(url, data=traces_request([trace_id(n) for n in range(10)]), headers=PROTOBUF)
+    )
+    try:
+        for _ in range(1000):
+            if store._pending_spans == 10:
+                break
+            await asyncio.sleep(0.01)
+        # One span more than the configured ten waiting is refused, not queued.
+        body = traces_request([trace_id(10)])
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with http.post(url, data=body, headers=PROTOBUF, timeout=timeout) as r:
+            assert (r.status, r.headers.get("Retry-After")) == (503, "1")
+    finally:
+        gate.set()
+    async with await first as r:
+        assert r.status == 200
+    assert stored_trace_ids(agent) == {trace_id(n).hex() for n in range(10)}
+
+
+@pytest.mark.parametrize("value", [0, -5, 1.5, False])
+def test_a_queue_bound_that_is_not_a_positive_whole_number_is_refused(tmp_path, value):
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text(f"max_pending_spans = {str(value).lower()}\n")
+    with pytest.raises(ValueError, match="max_pending_spans"):
+        load_config(config_file)
 
 
 async def test_a_sender_that_honours_retry_after_gets_every_span_stored(agent_factory, http):

@@ -30,6 +30,7 @@ from agentfix import OPERATOR_KEY
 from otlpfix import key_values
 from proveai_agent.store import db
 from proveai_agent.store.audit import AuditStore
+from proveai_agent.watch.promql import MetricsSource, SourceError
 
 PROTOBUF = {"Content-Type": "application/x-protobuf", "X-API-Key": OPERATOR_KEY}
 API = {"X-API-Key": OPERATOR_KEY}
@@ -321,13 +322,15 @@ class FakeSource:
 
     healthy: label values list the span metrics and every query answers one sample for the
     service "shop"; slow: answers like healthy after `delay_s`; error: HTTP 500 with
-    Prometheus' error document; garbage: 200 with a body that is not JSON; stopped: the
-    port is closed (connection refused).
+    Prometheus' error document; bad: HTTP 400, a query refused as bad; garbage: 200 with
+    a body that is not JSON; stopped: the port is closed (connection refused).
     """
 
     def __init__(self, delay_s: float = 3.0) -> None:
         self.mode = "healthy"
         self.delay_s = delay_s
+        self.requests = 0
+        """Requests answered, whatever the mode."""
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -356,12 +359,18 @@ class FakeSource:
         self.mode = mode
 
     async def _answer(self, data: Any) -> web.Response:
+        self.requests += 1
         if self.mode == "slow":
             await asyncio.sleep(self.delay_s)
         if self.mode == "error":
             return web.json_response(
                 {"status": "error", "errorType": "internal", "error": "storage is on fire"},
                 status=500,
+            )
+        if self.mode == "bad":
+            return web.json_response(
+                {"status": "error", "errorType": "bad_data", "error": "parse error"},
+                status=400,
             )
         if self.mode == "garbage":
             return web.Response(text="<html>502 upstream gone</html>", content_type="text/html")
@@ -492,3 +501,111 @@ async def _case_with(http: aiohttp.ClientSession, url: str, failure_class: str) 
     async with http.get(f"{url}/api/cases", params={"class": failure_class}, headers=API) as r:
         items = (await r.json())["items"]
     return items[0] if items else None
+
+
+async def test_a_source_that_keeps_failing_is_backed_off_to_its_cap_and_resumes(sources):
+    prometheus, _ = sources
+    now = [0.0]
+    source = MetricsSource(
+        "prometheus", prometheus.url, 2, backoff_s=10, backoff_max_s=40, clock=lambda: now[0]
+    )
+    try:
+        await prometheus.switch("error")
+        failed = 0
+        for second in range(200):
+            now[0] = float(second)
+            with pytest.raises(SourceError):
+                await source.query("up", time.time())
+            failed += 1
+        # Tries at 0, then 10, 20, 40, 40, 40 s apart: 0, 10, 30, 70, 110, 150, 190.
+        assert prometheus.requests == 7 and failed == 200
+        assert source.skipped == 193
+        assert source.status()["up"] is False and "500" in source.status()["error"]
+
+        await prometheus.switch("healthy")
+        for second in range(200, 230):
+            now[0] = float(second)
+            with pytest.raises(SourceError):
+                await source.query("up", time.time())
+        assert prometheus.requests == 7  # the next try is due at 190 + 40
+        for second in range(230, 233):
+            now[0] = float(second)
+            assert await source.query("up", time.time())
+        assert prometheus.requests == 10 and source.status() == {"up": True, "error": None}
+
+        # A new outage starts again from the first wait.
+        await prometheus.switch("error")
+        for second in range(233, 250):
+            now[0] = float(second)
+            with pytest.raises(SourceError):
+                await source.query("up", time.time())
+        assert prometheus.requests == 12  # at 233 and 243
+    finally:
+        source.close()
+
+
+async def test_a_query_refused_as_bad_does_not_back_the_source_off(sources):
+    prometheus, _ = sources
+    now = [0.0]
+    source = MetricsSource("prometheus", prometheus.url, 2, backoff_s=10, clock=lambda: now[0])
+    try:
+        await prometheus.switch("bad")
+        for _ in range(3):
+            with pytest.raises(SourceError):
+                await source.query("sum(", time.time())
+        assert prometheus.requests == 3
+    finally:
+        source.close()
+
+
+async def test_a_source_that_refuses_connections_is_not_backed_off(sources):
+    """Nothing listening costs the source nothing: every query tries, so a source started
+    after the agent is used from its first answer, not one back-off later."""
+    prometheus, _ = sources
+    now = [0.0]
+    source = MetricsSource("prometheus", prometheus.url, 2, backoff_s=10, clock=lambda: now[0])
+    try:
+        await prometheus.switch("stopped")
+        for _ in range(3):
+            with pytest.raises(SourceError, match="refused"):
+                await source.query("up", time.time())
+        assert source.skipped == 0
+        await prometheus.switch("healthy")  # at the same instant: no wait is due
+        assert await source.query("up", time.time())
+        assert source.status() == {"up": True, "error": None}
+    finally:
+        source.close()
+
+
+async def test_the_agent_backs_off_a_source_that_is_down_and_shows_it_down(
+    agent_factory, http, sources
+):
+    prometheus, victoriametrics = sources
+    cycle_s = 0.05
+    agent = await agent_factory(
+        prometheus_url=prometheus.url,
+        victoriametrics_url=victoriametrics.url,
+        scrape_interval_s=cycle_s,
+        source_timeout_s=0.3,
+        source_backoff_max_s=0.4,
+    )
+
+    async def source_up(up: bool) -> dict[str, Any] | None:
+        doc = await _overview(http, agent.url)
+        return doc if doc["sources"]["prometheus"]["up"] is up else None
+
+    await eventually(lambda: source_up(True))
+    await prometheus.switch("error")
+    await eventually(lambda: source_up(False))
+    skipped, sent = agent.prometheus.skipped, prometheus.requests
+    # Forty cycles and overviews later: every one asked the source several things, but
+    # only the tries the back-off lets through reached it.
+    for _ in range(40):
+        await asyncio.sleep(cycle_s)
+        assert (await _overview(http, agent.url))["sources"]["prometheus"]["up"] is False
+    assert agent.prometheus.skipped - skipped >= 40
+    assert prometheus.requests - sent < agent.prometheus.skipped - skipped
+
+    await prometheus.switch("healthy")
+    back = await eventually(lambda: source_up(True))
+    assert back["sources"]["prometheus"]["error"] is None

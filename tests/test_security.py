@@ -29,6 +29,7 @@ from agentfix import OPERATOR_KEY, READ_KEY
 from proveai_agent.agent import Agent
 from proveai_agent.api import auth
 from proveai_agent.api.auth import FailureLimit
+from proveai_agent.config import load as load_config
 from proveai_tui import settings as console_settings
 from proveai_tui.app import ConsoleApp, binding_ids, configure_logging, parse_args
 from proveai_tui.feed import StreamSource
@@ -255,6 +256,30 @@ async def test_a_source_that_keeps_failing_gets_429_and_one_audit_record_a_minut
     assert len(minutes) == len(set(minutes)) <= 2  # one record per minute, two if it rolled
     assert [r["data"]["count"] for r in by_source["127.0.0.5"]] == [1]
     assert set(by_source) == {"127.0.0.4", "127.0.0.5"}
+
+
+async def test_a_configured_failure_limit_is_the_one_enforced(agent_factory, tmp_path) -> None:
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text("auth_failures_per_minute = 3\n")
+    limit = load_config(config_file).auth_failures_per_minute
+    assert limit == 3
+    agent = await agent_factory(auth_failures_per_minute=limit)
+    url = agent.url + "/api/cases"
+    async with source(6) as attacker:
+        statuses = [
+            await status_of(attacker, "GET", url, {"X-API-Key": WRONG_KEY}) for _ in range(4)
+        ]
+    assert statuses == [401, 401, 401, 429]
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True, "20"])
+def test_a_failure_limit_that_is_not_a_positive_whole_number_is_refused(
+    tmp_path, value
+) -> None:
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text(f"auth_failures_per_minute = {json.dumps(value)}\n")
+    with pytest.raises(ValueError, match="auth_failures_per_minute"):
+        load_config(config_file)
 
 
 def test_the_limit_lasts_a_minute_from_the_first_failure() -> None:

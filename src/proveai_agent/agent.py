@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from .api.app import make_app
 from .api.auth import KeyRing
 from .api.routes import change_doc
+from .api.tls import ServerTls
 from .audit import AuditLog
 from .cases import verification
 from .cases.service import CaseService, parse_case_id, rfc3339, summary
@@ -24,6 +25,7 @@ from .engine import local as local_models
 from .engine.kb import KnowledgeBase
 from .engine.service import Engine, signature_of
 from .hub import Hub
+from .ingest import redact
 from .metrics.derive import SpanMetrics
 from .notify import Notifier
 from .signals import Signal
@@ -66,16 +68,14 @@ class Agent:
         self.hub = Hub()
         self.drift = AttributeDrift(config.drift_keys, warmup_s=config.drift_warmup_s)
         self.patterns = TracePatterns(config.patterns)
+        self.redactor = redact.build(config.redaction)
+        """Applied to every OTLP request before it is decoded; None without rules."""
         self._trend_due = 0.0
         self.prometheus = (
-            MetricsSource("prometheus", config.prometheus_url, config.source_timeout_s)
-            if config.prometheus_url
-            else None
+            self._source("prometheus", config.prometheus_url) if config.prometheus_url else None
         )
         self.victoriametrics = (
-            MetricsSource(
-                "victoriametrics", config.victoriametrics_url, config.source_timeout_s
-            )
+            self._source("victoriametrics", config.victoriametrics_url)
             if config.victoriametrics_url
             else None
         )
@@ -85,12 +85,26 @@ class Agent:
         self._stopped = False
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
+        self.tls: ServerTls | None = None
         self.file_watcher: FileWatcher | None = None
         self.knowledge: KnowledgeBase | None = None
         self.model_problems: dict[str, str] = {}
         self._analysed: set[tuple[str, str]] = set()
 
+    def _source(self, name: str, url: str) -> MetricsSource:
+        """A metrics source backed off from one detection cycle after a failure."""
+        return MetricsSource(
+            name,
+            url,
+            self.config.source_timeout_s,
+            backoff_s=self.config.scrape_interval_s,
+            backoff_max_s=self.config.source_backoff_max_s,
+        )
+
     async def start(self) -> None:
+        if self.config.tls_cert is not None and self.config.tls_key is not None:
+            # First: a certificate that cannot be served stops the start before anything opens.
+            self.tls = ServerTls(self.config.tls_cert, self.config.tls_key)
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self._writer = await db.connect(self.config.db_path)
         await db.migrate(self._writer)
@@ -99,6 +113,7 @@ class Agent:
             self.config.db_path,
             self._reader,
             min_free_bytes=self.config.min_free_disk_mb * 2**20,
+            max_pending_spans=self.config.max_pending_spans,
         )
         self.span_store.start()
         self.case_store = CaseStore(self._writer, self._reader)
@@ -133,10 +148,17 @@ class Agent:
             shutdown_timeout=5.0,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port, backlog=1024)
+        site = web.TCPSite(
+            self._runner,
+            self.config.host,
+            self.config.port,
+            backlog=1024,
+            ssl_context=self.tls.context if self.tls else None,
+        )
         await site.start()
         port = self._runner.addresses[0][1]
-        self.url = f"http://{self.config.host}:{port}"
+        scheme = "https" if self.tls else "http"
+        self.url = f"{scheme}://{self.config.host}:{port}"
         logger.info("listening on %s, data in %s", self.url, self.config.data_dir)
         self._tasks.append(asyncio.create_task(self._watch_loop(), name="watch"))
         self._tasks.append(asyncio.create_task(self.engine.run(), name="engine"))
@@ -144,6 +166,9 @@ class Agent:
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
         self._tasks.append(asyncio.create_task(self._checkpoint_loop(), name="checkpoint"))
         self._tasks.append(asyncio.create_task(self._audit_loop(), name="audit"))
+        if self.tls is not None:
+            reload = self.tls.run(self.config.tls_reload_s)
+            self._tasks.append(asyncio.create_task(reload, name="tls"))
         if self.notifier.receivers:
             self._tasks.append(asyncio.create_task(self.notifier.run(), name="notify"))
         if self.config.watch_files:

@@ -23,6 +23,15 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML configuration file")
     parser.add_argument("--keys-file", type=Path, help="API keys file, re-read when it changes")
     parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="serve HTTPS with this PEM certificate (re-read when it changes); needs --tls-key",
+    )
+    parser.add_argument(
+        "--tls-key", type=Path, metavar="FILE", help="the certificate's unencrypted PEM key"
+    )
+    parser.add_argument(
         "--scrape-interval", type=float, help="seconds between detection cycles"
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
@@ -256,6 +265,7 @@ async def _audit(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from .agent import serve
     from .api.auth import ensure_keys_file
+    from .api.tls import server_context
 
     try:
         config = load(
@@ -265,8 +275,12 @@ def _serve(args: argparse.Namespace) -> int:
             prometheus_url=args.prometheus,
             victoriametrics_url=args.victoriametrics,
             keys_file=args.keys_file,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
             scrape_interval_s=args.scrape_interval,
         )
+        if config.tls_cert is not None and config.tls_key is not None:
+            server_context(config.tls_cert, config.tls_key)
     except (OSError, ValueError) as exc:
         print(f"proveai-agent: {exc}", file=sys.stderr)
         return 2

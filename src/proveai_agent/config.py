@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass
+from math import inf
 from pathlib import Path
 from typing import Any
 
+from .ingest import redact
 from .notify import NotifyConfig
 from .tickets import TicketConfig
 
@@ -181,6 +183,23 @@ class EngineConfig:
 
 
 @dataclass
+class RedactionConfig:
+    """What is redacted from OTLP requests before anything is stored (ingest/redact.py).
+
+    Nothing by default: without a rule, ingest does no redaction work at all.
+    """
+
+    keys: list[str] = field(default_factory=list)
+    """Attribute keys whose whole value is replaced; a trailing `*` matches a prefix."""
+    builtins: list[str] = field(default_factory=list)
+    """Built-in patterns replaced inside strings: "card" (Luhn-checked), "email", "phone"."""
+    patterns: dict[str, str] = field(default_factory=dict)
+    """The operator's own patterns, name = regular expression, applied before built-ins."""
+    replacement: str = "[REDACTED:{name}]"
+    """What replaces a match; `{name}` is the pattern's name, or "key" for a key rule."""
+
+
+@dataclass
 class Config:
     listen: str = "127.0.0.1:8470"
     data_dir: Path = field(default_factory=default_data_dir)
@@ -188,6 +207,13 @@ class Config:
     victoriametrics_url: str | None = None
     keys_file: Path | None = None
     api_keys: str | None = None
+    tls_cert: Path | None = None
+    """A PEM certificate (leaf, then intermediates): with `tls_key`, the listener serves
+    HTTPS only (API, OTLP/HTTP, the websocket as wss); without, plain HTTP."""
+    tls_key: Path | None = None
+    """The certificate's unencrypted PEM private key."""
+    tls_reload_s: float = 5.0
+    """How often the certificate and key files are read for a rotation."""
     open_routes: list[str] = field(default_factory=lambda: ["/healthz"])
     body_limit_bytes: int = 16 * 1024 * 1024
     derive_metrics: bool = True
@@ -205,6 +231,14 @@ class Config:
     refused (503) so that cases and the audit log, in the same file, keep room to work."""
     source_timeout_s: float = 5.0
     """The timeout of each PromQL request to Prometheus or VictoriaMetrics."""
+    source_backoff_max_s: float = 60.0
+    """A metrics source that keeps failing is queried less and less often (doubling from
+    one scrape interval) up to this long between tries; one answer restores the rhythm."""
+    max_pending_spans: int = 100_000
+    """Spans accepted but not yet committed; past this ingest answers 503 with Retry-After
+    instead of holding more in memory."""
+    auth_failures_per_minute: int = 20
+    """Failed authentications one source may make within a minute before it gets 429."""
     exemplar_traces: int = 5
     drift_keys: list[str] = field(default_factory=lambda: list(DEFAULT_DRIFT_KEYS))
     drift_warmup_s: float = 120.0
@@ -219,6 +253,7 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     tickets: TicketConfig = field(default_factory=TicketConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    redaction: RedactionConfig = field(default_factory=RedactionConfig)
     audit_checkpoint_s: float = 300.0
     """How often the audit chain's head is appended to DATA_DIR/audit-head.log."""
     verify_deadline_factor: float = 4.0
@@ -250,10 +285,24 @@ def _apply(target: Any, values: dict[str, Any], where: str) -> None:
             if not isinstance(value, dict):
                 raise ValueError(f"{where}: [{key}] must be a table")
             _apply(current, value, f"{where} [{key}]")
-        elif name in ("data_dir", "keys_file") and value is not None:
+        elif name in ("data_dir", "keys_file", "tls_cert", "tls_key") and value is not None:
             setattr(target, name, Path(value))
         else:
             setattr(target, name, value)
+
+
+POSITIVE = ("max_pending_spans", "auth_failures_per_minute", "source_backoff_max_s")
+"""Settings that bound something; zero or less would refuse everything or never wait."""
+
+
+def _check_positive(config: Config) -> None:
+    for name in POSITIVE:
+        value = getattr(config, name)
+        integral = name != "source_backoff_max_s"
+        kinds = (int,) if integral else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or not 0 < value < inf:
+            kind = "a whole number" if integral else "a number"
+            raise ValueError(f"{name} must be {kind} above 0, got {value!r}")
 
 
 def load(path: Path | None = None, **overrides: Any) -> Config:
@@ -265,6 +314,10 @@ def load(path: Path | None = None, **overrides: Any) -> Config:
     _apply(config, {k: v for k, v in overrides.items() if v is not None}, "command line")
     if config.api_keys is None:
         config.api_keys = os.environ.get("PROVEAI_API_KEYS")
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ValueError("tls_cert and tls_key go together: give both, or neither for HTTP")
+    _check_positive(config)
+    redact.build(config.redaction)
     for item in config.watch_files:
         if not (
             isinstance(item, dict)

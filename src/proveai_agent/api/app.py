@@ -19,7 +19,11 @@ def make_app(agent: Agent) -> web.Application:
     app = web.Application(
         middlewares=[
             middleware(
-                agent.keys, open_routes, routes.error_for, agent.refused_auth, FailureLimit()
+                agent.keys,
+                open_routes,
+                routes.error_for,
+                agent.refused_auth,
+                FailureLimit(config.auth_failures_per_minute),
             )
         ],
         client_max_size=config.body_limit_bytes,

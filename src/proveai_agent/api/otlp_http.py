@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf")
-DECODERS: dict[str, Callable[[bytes, str], Batch]] = {
+DECODERS: dict[str, Callable[..., Batch]] = {
     # Message content is read from the stored span when a trace is read, not at ingest.
     "traces": partial(otlp.decode_traces, content=False),
     "logs": otlp.decode_logs,
@@ -114,6 +114,8 @@ def gunzip(data: bytes, limit: int) -> bytes:
 
 def handler(agent: Agent, signal: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     decode = DECODERS[signal]
+    if agent.redactor is not None:
+        decode = partial(decode, redactor=agent.redactor)
 
     async def export(request: web.Request) -> web.Response:
         content_type = request.headers.get("Content-Type", "")

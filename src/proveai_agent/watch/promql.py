@@ -26,6 +26,24 @@ _BAD_QUERY = re.compile(r"HTTP Status Code (400|422)\b")
 """How prometheus-api-client reports a query the source refused as bad."""
 
 
+def _refused(exc: BaseException) -> bool:
+    """Whether a request failed because nothing listened (the connection was refused),
+    found through the exceptions that requests and urllib3 wrap around it."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen or len(seen) > 32:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError):
+            return True
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None)]
+        linked += list(current.args)
+        todo.extend(e for e in linked if isinstance(e, BaseException))
+    return False
+
+
 class _RetryWarnings(logging.Filter):
     """Lowers urllib3's warning of each retry to debug for the requests of a source.
 
@@ -75,7 +93,9 @@ class MetricsSource:
     after the next, up to `backoff_max_s`, queries fail at once (SourceError) without a
     request, so an outage is not made worse by a request per query per cycle. The first
     request after the wait probes it; one answer ends the back-off. A query the source
-    refused as bad (400, 422) says nothing about the source and is not backed off.
+    refused as bad (400, 422) says nothing about the source and is not backed off; nor is
+    a connection refused, which costs the source nothing, so that a source that is not
+    listening yet (started after the agent) is used from its first answer on.
 
     Args:
         name: "prometheus" or "victoriametrics" (also how it is reported).
@@ -179,7 +199,7 @@ class MetricsSource:
             result = await asyncio.to_thread(_as_source_request, fn, *args, **kwargs)
         except (requests.RequestException, PrometheusApiClientException, ValueError) as exc:
             self._mark_down(described, f"{type(exc).__name__}: {exc}", started)
-            if not _BAD_QUERY.search(str(exc)):
+            if not _BAD_QUERY.search(str(exc)) and not _refused(exc):
                 self._back_off(started)
             raise SourceError(self.name, described, str(exc)) from exc
         except (KeyError, TypeError) as exc:
