@@ -14,7 +14,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..cases.lifecycle import ENGINEER, Refused, Request
-from ..cases.service import parse_case_id, rfc3339, summary
+from ..cases.service import parse_case_id, rfc3339
 from ..engine.service import signature_of
 from ..store.changes import KINDS, Change
 from ..tickets import TicketError, TicketNotConfigured, create_ticket
@@ -227,7 +227,7 @@ def setup(app: web.Application, agent: Agent) -> None:
             before = parse_case_id(cursor)
             if before is None:
                 return error(400, "cursor must be a case id such as CASE-12")
-        docs, total = await agent.case_store.list(
+        items, total = await agent.case_store.summaries(
             state=q.get("state") or None,
             failure_class=q.get("class") or None,
             service=q.get("service") or None,
@@ -235,7 +235,6 @@ def setup(app: web.Application, agent: Agent) -> None:
             limit=limit,
             before=before,
         )
-        items = [summary(d) for d in docs]
         next_cursor = items[-1]["id"] if len(items) == limit else None
         return web.json_response({"items": items, "next": next_cursor, "total": total})
 

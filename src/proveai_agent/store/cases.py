@@ -18,6 +18,31 @@ OPEN_STATES = (
     "VERIFYING",
 )
 
+_SUMMARY_COLUMNS = (
+    "json_extract(doc, '$.id'), json_extract(doc, '$.title'), json_extract(doc, '$.state'),"
+    " json_extract(doc, '$.severity'), json_extract(doc, '$.advisory'),"
+    " json_extract(doc, '$.service'), json_extract(doc, '$.trigger'),"
+    " json_extract(doc, '$.failure_class'), json_extract(doc, '$.opened_at'),"
+    " json_extract(doc, '$.updated_at'), coalesce(json_array_length(doc, '$.signals'), 0),"
+    " (SELECT max(coalesce(json_extract(h.value, '$.confidence'), 0.0))"
+    " FROM json_each(doc, '$.hypotheses') AS h)"
+)
+"""The fields of `cases.service.summary`, read by SQLite out of the stored document."""
+_SUMMARY_KEYS = (
+    "id",
+    "title",
+    "state",
+    "severity",
+    "advisory",
+    "service",
+    "trigger",
+    "failure_class",
+    "opened_at",
+    "updated_at",
+    "signals",
+    "top_confidence",
+)
+
 
 class CaseStore:
     def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
@@ -103,7 +128,7 @@ class CaseStore:
             rows = await cur.fetchall()
         return [(int(r[0]), json.loads(r[1])) for r in rows]
 
-    async def list(
+    async def summaries(
         self,
         state: str | None = None,
         failure_class: str | None = None,
@@ -112,7 +137,31 @@ class CaseStore:
         limit: int = 100,
         before: int | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
-        """Case documents, newest first, and the total that match the filters."""
+        """The case list's rows (`cases.service.summary` of each document) and the total
+        that match the filters, newest first.
+
+        SQLite reads the few fields out of each document: a case document carries its
+        evidence snapshot (tens of KB), and parsing a page of them in Python cost the list
+        most of its time.
+        """
+        rows, total = await self._page(
+            _SUMMARY_COLUMNS, state, failure_class, service, text, limit, before
+        )
+        items = [dict(zip(_SUMMARY_KEYS, row, strict=True)) for row in rows]
+        for item in items:
+            item["advisory"] = bool(item["advisory"])
+        return items, total
+
+    async def _page(
+        self,
+        columns: str,
+        state: str | None,
+        failure_class: str | None,
+        service: str | None,
+        text: str | None,
+        limit: int,
+        before: int | None,
+    ) -> tuple[list[Any], int]:
         clauses: list[str] = []
         params: list[Any] = []
         if state == "open":
@@ -141,7 +190,23 @@ class CaseStore:
         page_params = [*params, before] if before is not None else params
         page_where = f" WHERE {' AND '.join(page_clauses)}" if page_clauses else ""
         async with self._reader.execute(
-            f"SELECT doc FROM cases{page_where} ORDER BY id DESC LIMIT ?", [*page_params, limit]
+            f"SELECT {columns} FROM cases{page_where} ORDER BY id DESC LIMIT ?",
+            [*page_params, limit],
         ) as cur:
             rows = await cur.fetchall()
+        return list(rows), total
+
+    async def list(
+        self,
+        state: str | None = None,
+        failure_class: str | None = None,
+        service: str | None = None,
+        text: str | None = None,
+        limit: int = 100,
+        before: int | None = None,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Case documents, newest first, and the total that match the filters."""
+        rows, total = await self._page(
+            "doc", state, failure_class, service, text, limit, before
+        )
         return [json.loads(r[0]) for r in rows], total
