@@ -45,6 +45,8 @@ from .watch.schemes import Scheme, detect
 logger = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 10.0
 """How long stopping waits for each background task to end once cancelled."""
+MODEL_RETRY_S = 15.0
+"""How often a model that is not installed yet is looked for again."""
 
 
 class _Collector:
@@ -238,22 +240,47 @@ class Agent:
         return data
 
     async def _load_models(self) -> None:
-        """Load the engine's models in the background: the agent serves meanwhile."""
+        """Load the engine's models in the background: the agent serves meanwhile.
+
+        A model that is not there yet (llama-cpp-python still installing, the model store
+        not yet set up) is looked for again every MODEL_RETRY_S and used from the moment it
+        loads; until then the engine ranks on evidence alone."""
         config = self.config.engine
         if not (config.reasoning_model or config.embedding_model):
             return
-        loaded = await asyncio.to_thread(local_models.load, config)
-        self.model_problems = loaded.problems or {}
-        if loaded.embedder is not None:
-            knowledge = KnowledgeBase(KbStore(self._writer, self._reader), loaded.embedder)
-            try:
-                await knowledge.load()
-            except Exception as error:
-                self.model_problems["knowledge_base"] = str(error)[:300]
-                logger.warning("knowledge base not loaded: %s", error)
-            else:
-                self.knowledge = self.engine.memory = knowledge
-        self.engine.reasoner = loaded.reasoner
+        roles: tuple[str, ...] = local_models.ROLES
+        told = False
+        while True:
+            loaded = await asyncio.to_thread(local_models.load, config, roles)
+            for role in roles:
+                self.model_problems.pop(role, None)
+            self.model_problems.update(loaded.problems or {})
+            if loaded.embedder is not None:
+                await self._use_embedder(loaded.embedder)
+            if loaded.reasoner is not None:
+                self.engine.reasoner = loaded.reasoner
+            if not loaded.pending:
+                return
+            roles = tuple(role for role in roles if role in loaded.pending)
+            if not told:
+                logger.info(
+                    "%s: not there yet, looked for every %.0f s; analyses rank on evidence"
+                    " alone meanwhile",
+                    " and ".join(f"{role} model" for role in roles),
+                    MODEL_RETRY_S,
+                )
+                told = True
+            await asyncio.sleep(MODEL_RETRY_S)
+
+    async def _use_embedder(self, embedder: Any) -> None:
+        knowledge = KnowledgeBase(KbStore(self._writer, self._reader), embedder)
+        try:
+            await knowledge.load()
+        except Exception as error:
+            self.model_problems["knowledge_base"] = str(error)[:300]
+            logger.warning("knowledge base not loaded: %s", error)
+        else:
+            self.knowledge = self.engine.memory = knowledge
 
     def refused_auth(self, source: str | None, path: str) -> None:
         """A request refused for its key: counted for the audit log."""

@@ -4,12 +4,19 @@ Each is a manifest name, a path to a GGUF a manifest lists, "auto" (the manifest
 role whose file set-up put in the model store, if any) or None (not used). A model that
 cannot be loaded (llama-cpp-python missing, file missing, checksum wrong) is left out with
 the reason: the engine then ranks on evidence alone, or without the knowledge base.
+
+A model that is only not there yet (llama-cpp-python not installed, the store not set up,
+as while `./dev demo` builds the runtime in the background) is `pending`: the agent loads
+it again later, and the engine uses it from then on without a restart.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +27,7 @@ from ..config import EngineConfig
 logger = logging.getLogger(__name__)
 
 AUTO = "auto"
+ROLES = ("reasoning", "embedding")
 
 
 @dataclass(slots=True)
@@ -29,6 +37,8 @@ class Loaded:
     reasoner: Any = None
     embedder: Any = None
     problems: dict[str, str] | None = None
+    pending: set[str] = field(default_factory=set)
+    """Roles whose model is not there yet but may appear: worth loading again later."""
 
 
 class NamedEmbedder:
@@ -42,19 +52,28 @@ class NamedEmbedder:
         return np.asarray(self._embedder.embed(texts), dtype=np.float32)
 
 
-def load(config: EngineConfig) -> Loaded:
-    """Load what `config` names (blocking: run it in a thread)."""
+def load(config: EngineConfig, roles: Iterable[str] = ROLES) -> Loaded:
+    """Load what `config` names of `roles` (blocking: run it in a thread)."""
     problems: dict[str, str] = {}
     loaded = Loaded(problems=problems)
     store = Path(config.model_store).expanduser() if config.model_store else None
-    for role in ("reasoning", "embedding"):
+    # A package installed since the last look is found only with fresh finder caches.
+    importlib.invalidate_caches()
+    runtime = importlib.util.find_spec("llama_cpp") is not None
+    for role in roles:
         wanted = config.reasoning_model if role == "reasoning" else config.embedding_model
         if not wanted:
+            continue
+        if not runtime:
+            # Checked before the checksums, so that looking again costs next to nothing.
+            problems[role] = "llama-cpp-python is not installed (yet: ./dev setup installs it)"
+            loaded.pending.add(role)
             continue
         try:
             name, path, manifest = _resolve(wanted, role, store)
             if path is None:
                 problems[role] = "not set up (run ./dev setup, or configure a GGUF)"
+                loaded.pending.add(role)
                 continue
             loaded_model = _open(role, path, manifest, config)
         except Exception as error:  # import, checksum, load: the engine goes on without
