@@ -207,18 +207,48 @@ def _alive(pid_file: Path) -> bool:
     return Path(f"/proc/{pid}").exists()
 
 
+def _tree(roots: set[int]) -> set[int]:
+    """`roots` and every process below them: a build's compilers run in process groups of
+    their own, which a signal to the group of the build would miss."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(proc.name))
+    found, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo += children.get(pid, [])
+    return found
+
+
+def _kill(pids: set[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def stop_all(timing: Timing | None, tmp: Path, venv: Path) -> None:
-    """Ctrl-C to the demo, then the background build's process group (of a virtual
-    environment in the temporary directory only), then any process still running from the
-    temporary directory."""
+    """Ctrl-C to the demo; then every process below the pane, below the background model
+    build (of a virtual environment in the temporary directory only) and any other still
+    running from the temporary directory."""
     if timing is not None and timing.pane is not None:
+        pane_pid = timing.pane.tmux("list-panes", "-t", "demo", "-F", "#{pane_pid}").strip()
+        left = _tree({int(pane_pid)}) if pane_pid.isdigit() else set()
         timing.pane.interrupt()
+        _kill({pid for pid in left if Path(f"/proc/{pid}").exists()})
         timing.pane.kill()
         timing.pane = None
     if venv.is_relative_to(tmp):
         with contextlib.suppress(OSError, ValueError, IndexError):
-            os.killpg(int((venv / BACKGROUND_PID).read_text().split()[0]), signal.SIGTERM)
+            _kill(_tree({int((venv / BACKGROUND_PID).read_text().split()[0])}))
     time.sleep(1)
+    stray = set()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
@@ -228,8 +258,13 @@ def stop_all(timing: Timing | None, tmp: Path, venv: Path) -> None:
         except OSError:
             continue
         if str(tmp) in cmdline or cwd.startswith(str(tmp)):
-            with contextlib.suppress(OSError):
-                os.kill(int(proc.name), signal.SIGKILL)
+            stray.add(int(proc.name))
+    _kill(_tree(stray))
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops the benchmark as Ctrl-C does, clean-up included."""
+    raise KeyboardInterrupt
 
 
 def report(timing: Timing) -> None:
@@ -260,6 +295,9 @@ def main() -> int:
     parser.add_argument("--pip-cache", action="store_true", help="use the machine's pip cache")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per run")
     args = parser.parse_args()
+    # Also when started in the background, where a shell leaves SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     if shutil.which("tmux") is None:
         print("tmux is needed: apt-get install tmux", file=sys.stderr)
         return 1
