@@ -21,6 +21,7 @@ import hashlib
 import os
 import random
 import shutil
+import signal
 import sqlite3
 import statistics
 import sys
@@ -312,11 +313,23 @@ def report(rows: list[dict[str, Any]], fills: list[float]) -> None:
     )
 
 
+def progress(row: dict[str, Any], fill_s: float) -> None:
+    """One line per size on stderr, so that a run stopped early still leaves its figures."""
+    print(
+        f"# {row['spans']:,} spans: fill {fill_s:.0f} s, ingest {row['ingest']:.0f}/s,"
+        f" rss {row['rss']:.0f} MB, hwm {row['hwm']:.0f} MB, disk {row['disk_gb']:.2f} GB,"
+        " p95 ms " + ", ".join(f"{k} {v[1]:.1f}" for k, v in row["queries"].items()),
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100 k, 300 k and 1 M spans")
     parser.add_argument("--sizes", help="comma-separated span counts, e.g. 1000000,3000000")
     parser.add_argument("--requests", type=int, help=f"load requests of {BATCH} spans per size")
+    parser.add_argument("--keep", action="store_true", help="keep the data directory")
     args = parser.parse_args()
     if args.sizes:
         sizes = [int(s) for s in args.sizes.split(",")]
@@ -324,6 +337,8 @@ def main() -> None:
         sizes = [100_000, 300_000, 1_000_000] if args.quick else [1_000_000, 3_000_000, 10**7]
     requests = args.requests or (20 if args.quick else 60)
     check_disk(Path(tempfile.gettempdir()), max(sizes))
+    # A terminated run still stops its agent and removes its data, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     data_dir = Path(tempfile.mkdtemp(prefix="proveai-growth-"))
     try:
@@ -336,23 +351,20 @@ def main() -> None:
             asyncio.run(seed_cases(agent.url, pick_traces(data_dir, CASES)))
         finally:
             agent.stop()
-        rows, fills = [], []
+        rows, fills = [measure(data_dir, requests, bodies)], [0.0]
+        progress(rows[0], 0.0)
         copy = 1
         for size in sizes:
             seconds, copy = fill(data_dir, size - requests * BATCH, copy)
             fills.append(seconds)
             rows.append(measure(data_dir, requests, bodies))
-            row = rows[-1]
-            print(
-                f"# {row['spans']:,} spans: fill {seconds:.0f} s, ingest {row['ingest']:.0f}/s,"
-                f" hwm {row['hwm']:.0f} MB, disk {row['disk_gb']:.2f} GB, p95 ms "
-                + ", ".join(f"{k} {v[1]:.1f}" for k, v in row["queries"].items()),
-                file=sys.stderr,
-                flush=True,
-            )
+            progress(rows[-1], seconds)
         report(rows, fills)
     finally:
-        shutil.rmtree(data_dir, ignore_errors=True)
+        if args.keep:
+            print(f"# data kept in {data_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
