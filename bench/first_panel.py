@@ -334,6 +334,11 @@ def main() -> int:
             started = time.monotonic()
             run_demo(current, clone, env, data_home, args.timeout)
             if label == "fresh" and current.problem is None:
+                print(
+                    f"fresh: first panel at {figure(current.first_panel_s)} s; waiting for"
+                    " the background model build",
+                    flush=True,
+                )
                 wait_model(current, venv, data_home, started, args.timeout)
             stop_all(current, tmp, venv)
             current = None
