@@ -347,6 +347,8 @@ def main() -> int:
                 break
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        if current is not None:
+            report(current)
     finally:
         stop_all(current, tmp, venv)
         shutil.rmtree(tmp, ignore_errors=True)
