@@ -65,7 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=90.0,
         help="seconds after start when the fault begins (default 90)",
     )
-    demo.add_argument("--scrape-interval", type=float, default=10.0)
+    demo.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=5.0,
+        help="seconds between scrapes and detection cycles (default 5: a first panel sooner)",
+    )
     demo.add_argument("--rate", type=float, default=4.0, help="simulated requests per second")
     demo.add_argument(
         "--no-console",

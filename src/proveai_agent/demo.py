@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 from .api.auth import ensure_keys_file
@@ -113,10 +114,11 @@ def run_demo(args: argparse.Namespace) -> int:
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, *STOP_SIGNALS)}
     for sig in STOP_SIGNALS:
         signal.signal(sig, _interrupt)
+    # The stores and the agent start side by side: the agent answers without them and
+    # reads them from their first answer on, which brings the first panel sooner.
+    starting = ThreadPoolExecutor(1, thread_name_prefix="demo-stack")
+    stack_started = starting.submit(stack.start)
     try:
-        stack.start()
-        print(f"Prometheus       {stack.prometheus_url}")
-        print(f"VictoriaMetrics  {stack.victoriametrics_url}")
         with open(agent_log, "ab") as log:
             agent = subprocess.Popen(
                 [
@@ -144,6 +146,9 @@ def run_demo(args: argparse.Namespace) -> int:
                 start_new_session=True,
             )
         _wait_healthy(url, agent, agent_log, 30)
+        stack_started.result()
+        print(f"Prometheus       {stack.prometheus_url}")
+        print(f"VictoriaMetrics  {stack.victoriametrics_url}")
         print(f"agent            {url}  (log {agent_log}, API key in {keys})")
         # The key travels in the SDK's standard variables, not on a command line ps shows.
         sim_env = {
@@ -187,6 +192,8 @@ def run_demo(args: argparse.Namespace) -> int:
             signal.signal(sig, signal.SIG_IGN)
         _stop(simulator)
         _stop(agent)
+        wait([stack_started])  # a start still under way ends before the stores are stopped
+        starting.shutdown()
         stack.stop()
         for sig, handler in previous.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
