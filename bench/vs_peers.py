@@ -15,8 +15,9 @@ directory (the version pinned below, the same Python), and runs with its HTTP li
 loopback, telemetry and external resources off, and its gRPC listener, which binds every
 interface, moved to loopback by a launcher; the benchmark checks every socket it listens on.
 
-The ceiling of the same run is bench/ingest.py's: a bare decoder, and a decoder inserting
-one row per span into SQLite with one executemany transaction per request.
+The ceiling, measured right after each agent run, is bench/ingest.py's: a bare decoder,
+and a decoder inserting one row per span into SQLite with one executemany transaction per
+request.
 
     python bench/vs_peers.py [--quick] [--rounds N]
 """
@@ -332,6 +333,7 @@ def measure(
         "send_s": sent.seconds,
         "queryable_s": queryable,
         "cpu": cpu,
+        "cpu_us_span": cpu / max(stored, 1) * 1e6,
         "rss": peak_rss_mb(pid),
     }
 
@@ -386,11 +388,10 @@ def main() -> None:
         for size in (2048, 20480):
             print(f"round {round_ + 1}, {size // 1024} KB spans", flush=True)
             results.setdefault(("agent", size), []).append(run_agent(bodies[size]))
+            ceilings[size].append(ceiling(size, ceiling_counts[size]))
             results.setdefault(("phoenix", size), []).append(
                 run_phoenix(python, bodies[size][: phoenix_counts[size]], time_box, drain_cap)
             )
-        for size in (2048, 20480):
-            ceilings[size].append(ceiling(size, ceiling_counts[size]))
 
     print_table(results, ceilings)
 
@@ -410,7 +411,7 @@ def print_table(
     print(
         f"\n{'server':>8} {'size':>6} {'round':>5} {'accepted/s':>11} {'persisted/s':>12}"
         f" {'refused':>8} {'unstored':>8} {'send_s':>7} {'queryable_s':>11} {'cpu_s':>6}"
-        f" {'peak_rss_mb':>11}"
+        f" {'cpu_us/span':>11} {'peak_rss_mb':>11}"
     )
     for (server, size), runs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         for i, r in enumerate(runs):
@@ -419,7 +420,7 @@ def print_table(
                 f"{server:>8} {size // 1024:>3} KB {i + 1:>5} {r['accepted']:>11.0f}"
                 f" {r['persisted']:>12.0f} {r['refused']:>8.0f} {r['unstored']:>8.0f}"
                 f" {r['send_s']:>7.1f} {queryable:>11} {r['cpu']:>6.1f}"
-                f" {r['rss']:>11.1f}"
+                f" {r['cpu_us_span']:>11.0f} {r['rss']:>11.1f}"
             )
 
     print("(>: not all accepted spans were stored by the end of the wait)")
