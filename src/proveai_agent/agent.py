@@ -91,6 +91,8 @@ class Agent:
         self.file_watcher: FileWatcher | None = None
         self.knowledge: KnowledgeBase | None = None
         self.model_problems: dict[str, str] = {}
+        self.on_demand: list[local_models.OnDemand] = []
+        """The models opened when first needed, closed again when idle."""
         self._analysed: set[tuple[str, str]] = set()
 
     def _source(self, name: str, url: str) -> MetricsSource:
@@ -165,6 +167,10 @@ class Agent:
         self._tasks.append(asyncio.create_task(self._watch_loop(), name="watch"))
         self._tasks.append(asyncio.create_task(self.engine.run(), name="engine"))
         self._tasks.append(asyncio.create_task(self._load_models(), name="models"))
+        if self.config.engine.model_idle_s > 0:
+            self._tasks.append(
+                asyncio.create_task(self._idle_models_loop(), name="idle-models")
+            )
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
         self._tasks.append(asyncio.create_task(self._checkpoint_loop(), name="checkpoint"))
         self._tasks.append(asyncio.create_task(self._audit_loop(), name="audit"))
@@ -204,6 +210,11 @@ class Agent:
                 await self.audit.checkpoint()
             except Exception:
                 logger.exception("audit upkeep at stop failed")
+            for model in self.on_demand:
+                try:
+                    await asyncio.to_thread(model.close)
+                except Exception:
+                    logger.exception("closing a model at stop failed")
             try:
                 await self.span_store.stop()
             finally:
@@ -255,8 +266,13 @@ class Agent:
             for role in roles:
                 self.model_problems.pop(role, None)
             self.model_problems.update(loaded.problems or {})
+            self.on_demand.extend(loaded.on_demand)
             if loaded.embedder is not None:
                 await self._use_embedder(loaded.embedder)
+            # The knowledge base embeds its seeds once, at its first load: the embedder it
+            # opened for that is not needed again until an analysis.
+            for model in loaded.on_demand:
+                await asyncio.to_thread(model.close)
             if loaded.reasoner is not None:
                 self.engine.reasoner = loaded.reasoner
             if not loaded.pending:
@@ -271,6 +287,18 @@ class Agent:
                 )
                 told = True
             await asyncio.sleep(MODEL_RETRY_S)
+
+    async def _idle_models_loop(self) -> None:
+        """Close the models that have been unused for `model_idle_s`; they open again when
+        an analysis needs them."""
+        idle_s = self.config.engine.model_idle_s
+        while True:
+            await asyncio.sleep(min(30.0, idle_s / 2))
+            for model in list(self.on_demand):
+                try:
+                    await asyncio.to_thread(model.close_if_idle)
+                except Exception:
+                    logger.exception("closing an idle model failed")
 
     async def _use_embedder(self, embedder: Any) -> None:
         knowledge = KnowledgeBase(KbStore(self._writer, self._reader), embedder)

@@ -178,6 +178,10 @@ class EngineConfig:
     """CPU threads of each model; 1 keeps ingest responsive on a small machine."""
     model_ctx: int = 2048
     """The reasoning model's context in tokens (at most its own)."""
+    model_idle_s: float = 300.0
+    """A model is opened when it is first needed and closed after this long unused, so
+    the agent does not hold it between incidents; 0 opens the models at start and keeps
+    them."""
     verify_window_s: int = 300
     """How long a suggestion's verification query must hold once its fix is applied."""
 

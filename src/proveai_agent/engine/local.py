@@ -15,8 +15,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-from collections.abc import Iterable
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,80 @@ class Loaded:
     problems: dict[str, str] | None = None
     pending: set[str] = field(default_factory=set)
     """Roles whose model is not there yet but may appear: worth loading again later."""
+    on_demand: list[OnDemand] = field(default_factory=list)
+    """The models opened when first needed, for the owner to close when idle."""
+
+
+class OnDemand:
+    """A model opened at its first use and closed once it has not been used for `idle_s`.
+
+    The two local models are most of the agent's memory (the reasoning model about
+    170 MiB, the embedding model about 90 MiB) and are used only when a case is analysed
+    or the knowledge base learns; between incidents they need not be held. Opening the
+    small models takes well under a second, which an analysis can afford.
+
+    Args:
+        opener: opens the model (blocking); called again after each close.
+        idle_s: how long unused before `close_if_idle` closes it.
+        clock: monotonic seconds; replaceable so a test need not wait.
+    """
+
+    def __init__(
+        self,
+        opener: Callable[[], Any],
+        idle_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._opener = opener
+        self.idle_s = idle_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._model: Any = None
+        self._busy = 0
+        self._used = -math.inf
+        self.opened = 0
+        """How many times the model was opened."""
+
+    @property
+    def is_open(self) -> bool:
+        return self._model is not None
+
+    def _call(self, method: str, *args: Any) -> Any:
+        with self._lock:
+            if self._model is None:
+                self._model = self._opener()
+                self.opened += 1
+            model = self._model
+            self._busy += 1
+        try:
+            return getattr(model, method)(*args)
+        finally:
+            with self._lock:
+                self._busy -= 1
+                self._used = self.clock()
+
+    def complete_json(self, *args: Any) -> Any:
+        return self._call("complete_json", *args)
+
+    def embed(self, texts: list[str]) -> Any:
+        return self._call("embed", texts)
+
+    def close_if_idle(self) -> bool:
+        """Close the model when it is open, not in use and unused for `idle_s`; True when
+        it was closed (blocking: run it in a thread)."""
+        with self._lock:
+            if self._model is None or self._busy or self.clock() - self._used < self.idle_s:
+                return False
+            model, self._model = self._model, None
+        model.close()
+        logger.info("model closed after %.0f s unused", self.idle_s)
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            model, self._model = self._model, None
+        if model is not None:
+            model.close()
 
 
 class NamedEmbedder:
@@ -75,7 +153,15 @@ def load(config: EngineConfig, roles: Iterable[str] = ROLES) -> Loaded:
                 problems[role] = "not set up (run ./dev setup, or configure a GGUF)"
                 loaded.pending.add(role)
                 continue
-            loaded_model = _open(role, path, manifest, config)
+            if config.model_idle_s > 0:
+                # Opened when first needed: a model that cannot be opened then is an
+                # analysis without the model, which the engine already goes on from.
+                loaded_model = OnDemand(
+                    partial(_open, role, path, manifest, config), config.model_idle_s
+                )
+                loaded.on_demand.append(loaded_model)
+            else:
+                loaded_model = _open(role, path, manifest, config)
         except Exception as error:  # import, checksum, load: the engine goes on without
             problems[role] = str(error)[:300]
             logger.warning("%s model not loaded: %s", role, error)
