@@ -128,6 +128,28 @@ async def test_span_store_stays_under_its_size_cap_while_spans_arrive_over_http(
     assert agent.config.db_path.stat().st_size < 3 * MiB
 
 
+async def test_a_store_just_over_its_cap_loses_only_its_oldest_spans(agent_factory, http):
+    """Retention deletes about what the excess holds, not a fixed batch: under a small cap a
+    fixed thousand would take every span, the newest with them."""
+    agent = await agent_factory(retention_interval_s=3600)  # only the prune below runs
+    trace_id = "5d1a2b3c4d5e6f708192a3b4c5d6e7f8"
+    sent = []
+    for request in range(7):
+        ids = [f"{request:04x}{i + 1:012x}" for i in range(100)]  # an all-zero id is invalid
+        response = await post_spans(http, agent.url, traces(trace_id, ids, blob=3000))
+        assert response.status == 200
+        sent.append(ids)
+    assert len(span_ids(agent.config.db_path)) == 700
+    used = await agent.span_store.used_bytes()
+    # 20 kB over: at least 3000 bytes a span, so some 7 spans' worth, far from 100.
+    deleted = await agent.span_store.prune(max_age_s=10**9, max_bytes=used - 20_000)
+    assert 1 <= deleted < 100
+    assert await agent.span_store.used_bytes() <= used - 20_000
+    stored = span_ids(agent.config.db_path)
+    assert len(stored) == 700 - deleted
+    assert set(sent[-1]) | set(sent[1]) <= stored, "only spans of the first request went"
+
+
 async def _under(agent, cap: int) -> bool:
     return await agent.span_store.used_bytes() <= cap
 

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import shutil
 import sqlite3
 import time
@@ -32,6 +33,8 @@ _INSERT_SPAN = (
 _INSERT_SPAN_PREFIX = _INSERT_SPAN.split(" VALUES ")[0] + " VALUES "
 _MAX_ROWS_PER_INSERT = 1000
 _WAL_RESTART_PAGES = 32_768
+PRUNE_BATCH = 1000
+"""The most spans one retention delete takes, to keep each short."""
 _VARIABLE_LIMIT = sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER
 _INSERT_DETAIL = (
     "INSERT INTO span_details (trace_id, span_id, service, time_ns, kind, data)"
@@ -534,14 +537,31 @@ class SpanStore:
         if boundary is not None:
             deleted += conn.execute("DELETE FROM spans WHERE id < ?", (boundary,)).rowcount
         conn.execute("DELETE FROM span_details WHERE time_ns < ?", (cutoff_ns,))
-        while self._used_bytes(conn) > max_bytes:
+        while (used := self._used_bytes(conn)) > max_bytes:
             count = conn.execute(
-                "DELETE FROM spans WHERE id IN (SELECT id FROM spans ORDER BY id LIMIT 1000)"
+                "DELETE FROM spans WHERE id IN (SELECT id FROM spans ORDER BY id LIMIT ?)",
+                (self._prune_batch(conn, used - max_bytes, used),),
             ).rowcount
             if not count:
                 break
             deleted += count
         return deleted
+
+    @staticmethod
+    def _prune_batch(conn: sqlite3.Connection, excess: int, used: int) -> int:
+        """How many of the oldest spans to delete next for `excess` bytes over the cap:
+        as many as that many bytes hold at the store's mean size per span, 1 to 1000.
+
+        A fixed batch would, under a small cap, delete more spans than the store holds
+        over it, the newest among them. The mean counts every table, so it is at least a
+        span's share and the batch errs on the small side; the caller deletes again until
+        the store is under its cap.
+        """
+        low, high = conn.execute("SELECT min(id), max(id) FROM spans").fetchone()
+        if low is None:
+            return 1
+        per_span = used / (int(high) - int(low) + 1)  # row ids follow arrival: no count(*)
+        return max(1, min(PRUNE_BATCH, math.ceil(excess / per_span)))
 
     @staticmethod
     def _first_id_at_or_after(conn: sqlite3.Connection, cutoff_ns: int) -> int | None:
