@@ -118,24 +118,31 @@ async def overflow_the_queue(http: aiohttp.ClientSession, url: str, store: Any) 
     assert held < 2 * 2**20, held
 
 
+async def ten_spans_waiting(agent: Any, http: Any) -> tuple[Any, Any]:
+    """Stick the commit and send ten spans, which then wait for it; returns the gate that
+    lets the commit go and the pending request."""
+    gate = slow_commits(agent)
+    gate.clear()
+    body = traces_request([trace_id(n) for n in range(10)])
+    first = asyncio.ensure_future(
+        http.post(f"{agent.url}/v1/traces", data=body, headers=PROTOBUF)
+    )
+    for _ in range(1000):
+        if agent.span_store._pending_spans == 10:
+            break
+        await asyncio.sleep(0.01)
+    return gate, first
+
+
 async def test_full_write_queue_answers_503_with_retry_after_and_holds_no_more(
     agent_factory, http
 ):
     agent = await agent_factory()
     store = agent.span_store
     store.max_pending_spans = 10
-    gate = slow_commits(agent)
-    gate.clear()
     url = f"{agent.url}/v1/traces"
-    # Ten spans fill the bound; they wait for the stuck commit.
-    first = asyncio.ensure_future(
-        http.post(url, data=traces_request([trace_id(n) for n in range(10)]), headers=PROTOBUF)
-    )
+    gate, first = await ten_spans_waiting(agent, http)
     try:
-        for _ in range(1000):
-            if store._pending_spans == 10:
-                break
-            await asyncio.sleep(0.01)
         await overflow_the_queue(http, url, store)
     finally:
         gate.set()
@@ -158,18 +165,9 @@ async def test_a_configured_smaller_queue_bound_is_the_one_enforced(
     bound = load_config(config_file).max_pending_spans
     assert bound == 10
     agent = await agent_factory(max_pending_spans=bound)
-    store = agent.span_store
-    gate = slow_commits(agent)
-    gate.clear()
     url = f"{agent.url}/v1/traces"
-    first = asyncio.ensure_future(
-        http.post(url, data=traces_request([trace_id(n) for n in range(10)]), headers=PROTOBUF)
-    )
+    gate, first = await ten_spans_waiting(agent, http)
     try:
-        for _ in range(1000):
-            if store._pending_spans == 10:
-                break
-            await asyncio.sleep(0.01)
         # One span more than the configured ten waiting is refused, not queued.
         body = traces_request([trace_id(10)])
         timeout = aiohttp.ClientTimeout(total=10)
