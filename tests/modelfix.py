@@ -118,6 +118,22 @@ def write_tiny_gguf(path: Path, seed: int = 7) -> Path:
     return path
 
 
+def tiny_manifest(models_dir: Path, gguf: Path) -> None:
+    """A reasoning-model manifest for the tiny GGUF, which an operator places in the store."""
+    from proveai_agent.engine.models import sha256_file
+
+    models_dir.mkdir()
+    (models_dir / "tiny.toml").write_text(
+        'name = "tiny"\n'
+        f'file = "{gguf.name}"\n'
+        f'sha256 = "{sha256_file(gguf)}"\n'
+        'licence = "Apache-2.0"\n'
+        "context_length = 512\n"
+        'role = "reasoning"\n'
+        'chat_format = "chatml"\n'
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path to the tiny random-weight llama GGUF (written once per session)."""

@@ -7,23 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from modelfix import tiny_manifest
 from proveai_agent.config import EngineConfig
 from proveai_agent.engine import local
-from proveai_agent.engine.models import MODELS_DIR_ENV, sha256_file
-
-
-def tiny_manifest(models_dir: Path, gguf: Path) -> None:
-    """A reasoning-model manifest for the tiny GGUF, which an operator places in the store."""
-    models_dir.mkdir()
-    (models_dir / "tiny.toml").write_text(
-        'name = "tiny"\n'
-        f'file = "{gguf.name}"\n'
-        f'sha256 = "{sha256_file(gguf)}"\n'
-        'licence = "Apache-2.0"\n'
-        "context_length = 512\n"
-        'role = "reasoning"\n'
-        'chat_format = "chatml"\n'
-    )
+from proveai_agent.engine.models import MODELS_DIR_ENV
 
 
 def test_a_model_not_in_the_store_yet_is_pending_and_loads_once_it_is_there(

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
+from modelfix import tiny_manifest
 from proveai_agent.config import EngineConfig
 from proveai_agent.engine import local
 from proveai_agent.engine.llm import InvalidOutput, ReasoningModel
 from proveai_agent.engine.models import MODELS_DIR_ENV
-from test_model_loading import tiny_manifest
 
 CANDIDATES = ["model-version-changed", "prompt-template-changed"]
 
