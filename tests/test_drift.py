@@ -63,6 +63,26 @@ def test_services_drift_apart_and_resource_attributes_count():
     assert [(c.service, c.before, c.after) for c in changes] == [("a", "1.0", "1.1")]
 
 
+def test_spans_sharing_a_resource_read_its_value_where_they_lack_their_own():
+    # Spans decoded from one resource share its dict. The first span names the model itself;
+    # the resource's model is a change for the second, which does not, and is scoped to the
+    # service (""), not to the span's kind.
+    drift = AttributeDrift(["gen_ai.request.model"])
+    resource = {"gen_ai.request.model": "m-2"}
+    drift.observe([span(1, **{"gen_ai.request.model": "m-1"})])
+    drift.observe([span(2, service="rag-api")])  # no value anywhere: nothing learnt
+    baseline = span(3)
+    baseline.resource = {"gen_ai.request.model": "m-1"}
+    drift.observe([baseline])
+    own, lacking, again = span(4, **{"gen_ai.request.model": "m-1"}), span(5), span(6)
+    for s in (own, lacking, again):
+        s.resource = resource
+    changes = drift.observe([own, lacking, again])
+    assert [(c.before, c.after, c.at, c.summary) for c in changes] == [
+        ("m-1", "m-2", 5.0, "gen_ai.request.model changed from m-1 to m-2")
+    ]
+
+
 def test_unlisted_attributes_and_odd_values_are_ignored():
     drift = AttributeDrift(["gen_ai.request.model"])
     drift.observe([span(1, **{"gen_ai.request.model": "m"})])

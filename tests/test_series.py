@@ -175,3 +175,45 @@ def test_a_read_by_something_other_than_a_scraper_does_not_use_up_the_hidden_zer
     assert scrape(registry)['demo_calls_total{service_name="a"}'] == 0.0
     registry.scraped_by("Prometheus/2.42.0")
     assert scrape(registry)['demo_calls_total{service_name="a"}'] == 4.0
+
+
+def test_a_batch_of_mixed_spans_counts_each_label_set_on_its_own():
+    # Five spans, two label sets interleaved, each with its own duration and usage.
+    metrics = SpanMetrics(derive_spanmetrics=True, cap=100, hold_s=0.0)
+    ms = 1_000_000
+    spans = [
+        _span(end_ns=1_000_000_000 + 100 * ms, input_tokens=10, output_tokens=1),
+        _span(status="STATUS_CODE_ERROR", end_ns=1_000_000_000 + 3000 * ms),
+        _span(end_ns=1_000_000_000 + 700 * ms, input_tokens=20, output_tokens=2, ttft_s=0.2),
+        _span(status="STATUS_CODE_ERROR", end_ns=1_000_000_000 + 20 * ms, input_tokens=5),
+        _span(end_ns=1_000_000_000 + 200 * ms, ttft_s=0.4),
+    ]
+    metrics.observe(Batch(spans=spans), "traces")
+    got = scrape(metrics.registry)
+    ok = (
+        'gen_ai_operation_name="chat",gen_ai_provider_name="openai",'
+        'gen_ai_request_model="gpt-4o-mini",service_name="rag-api",span_kind="SPAN_KIND_CLIENT",'
+        'span_name="chat",status_code="STATUS_CODE_OK"'
+    )
+    error = ok.replace("STATUS_CODE_OK", "STATUS_CODE_ERROR")
+    assert got[f"llm_traces_span_metrics_calls_total{{{ok}}}"] == 3
+    assert got[f"llm_traces_span_metrics_calls_total{{{error}}}"] == 2
+    histogram = "llm_traces_span_metrics_duration_seconds"
+    # OK: 0.1 + 0.7 + 0.2 s; error: 3.0 + 0.02 s.
+    assert got[f"{histogram}_sum{{{ok}}}"] == 0.1 + 0.7 + 0.2
+    assert got[f"{histogram}_sum{{{error}}}"] == 3.0 + 0.02
+    assert got[f"{histogram}_count{{{ok}}}"] == 3
+    under_half = 'le="0.5",service_name='
+    assert got[f"{histogram}_bucket{{{ok.replace('service_name=', under_half)}}}"] == 2
+    assert got[f"{histogram}_bucket{{{error.replace('service_name=', under_half)}}}"] == 1
+    tokens = (
+        'llm_gen_ai_tokens_total{gen_ai_request_model="gpt-4o-mini",'
+        'gen_ai_token_type="%s",service_name="rag-api"}'
+    )
+    assert got[tokens % "input"] == 10 + 20 + 5
+    assert got[tokens % "output"] == 1 + 2
+    assert got['proveai_ingest_spans_total{service_name="rag-api"}'] == 5
+    ttft = [
+        k for k in got if k.startswith("llm_gen_ai_time_to_first_token_seconds") and "_sum" in k
+    ]
+    assert [got[k] for k in ttft] == [0.2 + 0.4]

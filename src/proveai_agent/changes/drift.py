@@ -20,6 +20,7 @@ from ..store.changes import Change
 
 MAX_VALUES_PER_KEY = 64
 MAX_VALUE_CHARS = 200
+_VALUE_TYPES = (str, int, float)
 
 
 class AttributeDrift:
@@ -32,6 +33,8 @@ class AttributeDrift:
         warmup_s: float = 0.0,
     ) -> None:
         self.keys = tuple(keys)
+        self._wanted = frozenset(self.keys)
+        self._order = {key: i for i, key in enumerate(self.keys)}
         self.max_services = max_services
         self.warmup_s = warmup_s
         # (service, scope, key) -> values seen, in the order they first appeared
@@ -42,22 +45,50 @@ class AttributeDrift:
     def observe(self, spans: Iterable[Span]) -> list[Change]:
         """The changes these spans show, in the order their new values first appear."""
         changes: list[Change] = []
+        wanted, order = self._wanted, self._order
+        # Spans of one resource share its dict: a resource value is looked at for the first
+        # span that does not carry the key itself, which is when a new one would be recorded.
+        resource_keys: dict[int, list[str]] = {}
         for span in spans:
-            for key in self.keys:
-                value = span.attributes.get(key)
-                scope = span.operation or span.name
-                agent = span.attributes.get("gen_ai.agent.name")
-                if isinstance(agent, str):
-                    scope = f"{scope} {agent}"
-                if value is None:
-                    value, scope = span.resource.get(key), ""
-                if not isinstance(value, str | int | float) or isinstance(value, bool):
-                    continue
-                value = str(value)[:MAX_VALUE_CHARS]
-                change = self._see(span.service, scope[:MAX_VALUE_CHARS], key, value, span)
-                if change is not None:
-                    changes.append(change)
+            attributes = span.attributes
+            present = wanted.intersection(attributes)
+            if present:
+                scope = self._scope(span)
+                for key in (
+                    sorted(present, key=order.__getitem__) if len(present) > 1 else present
+                ):
+                    self._observe_value(span, scope, key, attributes[key], changes)
+            resource = span.resource
+            if not resource:
+                continue
+            waiting = resource_keys.get(id(resource))
+            if waiting is None:
+                waiting = resource_keys[id(resource)] = sorted(
+                    wanted.intersection(resource), key=order.__getitem__
+                )
+            if waiting:
+                for key in [k for k in waiting if attributes.get(k) is None]:
+                    waiting.remove(key)
+                    self._observe_value(span, "", key, resource[key], changes)
         return changes
+
+    @staticmethod
+    def _scope(span: Span) -> str:
+        """The kind of span a span attribute's values are tracked for."""
+        scope = span.operation or span.name
+        agent = span.attributes.get("gen_ai.agent.name")
+        if isinstance(agent, str):
+            scope = f"{scope} {agent}"
+        return scope[:MAX_VALUE_CHARS]
+
+    def _observe_value(
+        self, span: Span, scope: str, key: str, value: object, changes: list[Change]
+    ) -> None:
+        if not isinstance(value, _VALUE_TYPES) or isinstance(value, bool):
+            return
+        change = self._see(span.service, scope, key, str(value)[:MAX_VALUE_CHARS], span)
+        if change is not None:
+            changes.append(change)
 
     def _see(self, service: str, scope: str, key: str, value: str, span: Span) -> Change | None:
         seen = self._seen.get((service, scope, key))

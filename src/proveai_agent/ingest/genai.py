@@ -213,10 +213,12 @@ def _fill_fields(span: Span, get: Any) -> None:
     reasons = get("gen_ai.response.finish_reasons")
     if reasons is not None:
         span.finish_reasons = _finish_reasons(reasons)
-    ttft = _seconds(get("gen_ai.response.time_to_first_chunk"))
-    span.ttft_s = (
-        ttft if ttft is not None else _seconds(get("gen_ai.server.time_to_first_token"))
-    )
+    ttft = get("gen_ai.response.time_to_first_chunk")
+    if ttft is not None:
+        ttft = _seconds(ttft)
+    if ttft is None and (ttft := get("gen_ai.server.time_to_first_token")) is not None:
+        ttft = _seconds(ttft)
+    span.ttft_s = ttft
 
 
 class _Found:
@@ -604,6 +606,9 @@ def _evaluation(attrs: dict[str, Any]) -> tuple[str, float | None, str | None] |
     return name, value, label
 
 
+_NUMBERS = (int, float)
+
+
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -641,7 +646,7 @@ def _number(value: Any) -> float | None:
 
 
 def _seconds(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, _NUMBERS):
         return None
     seconds = float(value)
     return seconds if math.isfinite(seconds) and seconds >= 0 else None

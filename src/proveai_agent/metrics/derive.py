@@ -96,12 +96,20 @@ class SpanMetrics:
             self.rejected.inc((signal,), len(batch.rejected))
         if batch.dropped_metrics:
             self.metrics_dropped.inc((), batch.dropped_metrics)
-        calls, duration = self.calls, self.duration
+        # Counted per label set, then added to the families once each: a batch of spans
+        # mostly shares a few label sets, and the families' checks cost per call. First
+        # appearances keep their order, which decides the label sets admitted under a cap.
+        received: dict[tuple[str], int] = {}
+        durations: dict[tuple[str, ...], list[float]] = {}
+        tokens: dict[tuple[str, str, str], int] = {}
+        ttfts: dict[tuple[str, str], list[float]] = {}
+        derive = self.derive_spanmetrics
         for span in batch.spans:
             service = span.service
-            self.spans_received.inc((service,))
+            key = (service,)
+            received[key] = received.get(key, 0) + 1
             model = span.model or ""
-            if self.derive_spanmetrics:
+            if derive:
                 ident = (
                     service,
                     span.name,
@@ -111,18 +119,34 @@ class SpanMetrics:
                     span.operation or "",
                     span.provider or "",
                 )
-                calls.inc(ident)
-                duration.observe(ident, span.duration_s)
-                if span.status != "STATUS_CODE_ERROR":
-                    calls.ensure((*ident[:3], "STATUS_CODE_ERROR", *ident[4:]))
+                seconds = max(0, span.end_ns - span.start_ns) / 1e9
+                values = durations.get(ident)
+                if values is None:
+                    durations[ident] = [seconds]
+                else:
+                    values.append(seconds)
             if span.input_tokens is not None:
-                self.tokens.inc((service, model, "input"), span.input_tokens)
+                counted = (service, model, "input")
+                tokens[counted] = tokens.get(counted, 0) + span.input_tokens
             if span.output_tokens is not None:
-                self.tokens.inc((service, model, "output"), span.output_tokens)
+                counted = (service, model, "output")
+                tokens[counted] = tokens.get(counted, 0) + span.output_tokens
             if span.ttft_s is not None:
-                self.ttft.observe((service, model), span.ttft_s)
+                ttfts.setdefault((service, model), []).append(span.ttft_s)
             for name, value in span.scores.items():
                 self.scores.observe((service, name), value)
+        for key, count in received.items():
+            self.spans_received.inc(key, count)
+        calls, duration = self.calls, self.duration
+        for labels, seconds_each in durations.items():
+            calls.inc(labels, len(seconds_each))
+            duration.observe_all(labels, seconds_each)
+            if labels[3] != "STATUS_CODE_ERROR":
+                calls.ensure((*labels[:3], "STATUS_CODE_ERROR", *labels[4:]))
+        for counted, amount in tokens.items():
+            self.tokens.inc(counted, amount)
+        for model_key, ttft_each in ttfts.items():
+            self.ttft.observe_all(model_key, ttft_each)
         for detail in batch.details:
             if detail.kind == "score":
                 score = detail.data.get("value")

@@ -132,6 +132,17 @@ class HistogramFamily(Family):
         counts[bisect_left(self.buckets, value)] += 1
         total[0] += value
 
+    def observe_all(self, key: tuple[str, ...], values: Sequence[float]) -> None:
+        """Observe each of `values` for one label set, in order."""
+        key = self._admit(key)
+        counts, total = self._values[key]
+        buckets = self.buckets
+        running = total[0]
+        for value in values:
+            counts[bisect_left(buckets, value)] += 1
+            running += value
+        total[0] = running
+
     def count(self, key: tuple[str, ...]) -> int | None:
         entry = self._values.get(key)
         return sum(entry[0]) if entry else None

@@ -517,7 +517,14 @@ class TracePatterns:
         marker = False
         for key in MARKED_ATTRIBUTES:
             value = attrs.get(key)
-            if isinstance(value, str) and TRUNCATION_MARKER.search(value):
+            # The substring test is far cheaper than the pattern over a long prompt, and
+            # none of the letters of "truncated" has a case-insensitive match beyond its
+            # upper and lower case.
+            if (
+                isinstance(value, str)
+                and "truncated" in value.lower()
+                and TRUNCATION_MARKER.search(value)
+            ):
                 marker = True
                 break
         return finish, near, attribute, marker
