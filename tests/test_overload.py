@@ -180,11 +180,51 @@ async def test_a_configured_smaller_queue_bound_is_the_one_enforced(
     assert stored_trace_ids(agent) == {trace_id(n).hex() for n in range(10)}
 
 
-@pytest.mark.parametrize("value", [0, -5, 1.5, False])
-def test_a_queue_bound_that_is_not_a_positive_whole_number_is_refused(tmp_path, value):
+async def test_a_configured_byte_bound_refuses_large_spans_below_the_span_bound(
+    agent_factory, http, tmp_path
+):
     config_file = tmp_path / "agent.toml"
-    config_file.write_text(f"max_pending_spans = {str(value).lower()}\n")
-    with pytest.raises(ValueError, match="max_pending_spans"):
+    config_file.write_text("max_pending_bytes = 2048\n")
+    bound = load_config(config_file).max_pending_bytes
+    assert bound == 2048
+    agent = await agent_factory(max_pending_bytes=bound)
+    url = f"{agent.url}/v1/traces"
+    timeout = aiohttp.ClientTimeout(total=10)
+    # Alone, a request larger than the bound is still taken: nothing else waits.
+    large = traces_request([trace_id(50)], padding=8192)
+    assert len(large) > bound
+    async with http.post(url, data=large, headers=PROTOBUF, timeout=timeout) as r:
+        assert r.status == 200
+    gate, first = await ten_spans_waiting(agent, http)
+    try:
+        # Eleven spans are far below the span bound (100 000); the ten waiting came in a
+        # request of a few hundred bytes, and 3 KiB more passes 2 KiB.
+        body = traces_request([trace_id(10)], padding=3072)
+        async with http.post(url, data=body, headers=PROTOBUF, timeout=timeout) as r:
+            assert (r.status, r.headers.get("Retry-After")) == (503, "1")
+        # A small one still fits beside them: it waits for the same commit.
+        small = traces_request([trace_id(11)])
+        second = asyncio.ensure_future(http.post(url, data=small, headers=PROTOBUF))
+        for _ in range(1000):
+            if agent.span_store._pending_spans == 11:
+                break
+            await asyncio.sleep(0.01)
+        assert agent.span_store._pending_spans == 11
+    finally:
+        gate.set()
+    for waiting in (first, second):
+        async with await waiting as r:
+            assert r.status == 200
+    assert stored_trace_ids(agent) == {trace_id(n).hex() for n in (*range(10), 11, 50)}
+    assert agent.span_store._pending_bytes == 0
+
+
+@pytest.mark.parametrize("name", ["max_pending_spans", "max_pending_bytes"])
+@pytest.mark.parametrize("value", [0, -5, 1.5, False])
+def test_a_queue_bound_that_is_not_a_positive_whole_number_is_refused(tmp_path, name, value):
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text(f"{name} = {str(value).lower()}\n")
+    with pytest.raises(ValueError, match=name):
         load_config(config_file)
 
 

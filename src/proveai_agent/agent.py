@@ -118,6 +118,7 @@ class Agent:
             self._reader,
             min_free_bytes=self.config.min_free_disk_mb * 2**20,
             max_pending_spans=self.config.max_pending_spans,
+            max_pending_bytes=self.config.max_pending_bytes,
         )
         self.span_store.start()
         self.case_store = CaseStore(self._writer, self._reader)
@@ -223,7 +224,7 @@ class Agent:
 
     async def ingest(self, batch: Batch, signal: str) -> None:
         """Commit a decoded request, then count it; raises StoreUnavailable when not stored."""
-        await self.span_store.write(batch.spans, batch.details)
+        await self.span_store.write(batch.spans, batch.details, batch.size_bytes)
         self.metrics.observe(batch, signal)
         self.patterns.observe(batch.spans)
         for change in self.drift.observe(batch.spans):

@@ -241,6 +241,10 @@ class Config:
     max_pending_spans: int = 100_000
     """Spans accepted but not yet committed; past this ingest answers 503 with Retry-After
     instead of holding more in memory."""
+    max_pending_bytes: int = 64 * 1024 * 1024
+    """Request bytes (decompressed) whose spans are accepted but not yet committed; past
+    this ingest answers 503 too. Large spans reach it long before the count: the memory an
+    uncommitted span holds is about three times its size on the wire."""
     auth_failures_per_minute: int = 20
     """Failed authentications one source may make within a minute before it gets 429."""
     exemplar_traces: int = 5
@@ -295,7 +299,12 @@ def _apply(target: Any, values: dict[str, Any], where: str) -> None:
             setattr(target, name, value)
 
 
-POSITIVE = ("max_pending_spans", "auth_failures_per_minute", "source_backoff_max_s")
+POSITIVE = (
+    "max_pending_spans",
+    "max_pending_bytes",
+    "auth_failures_per_minute",
+    "source_backoff_max_s",
+)
 """Settings that bound something; zero or less would refuse everything or never wait."""
 
 

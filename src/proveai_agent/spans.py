@@ -105,3 +105,5 @@ class Batch:
     dropped_metrics: int = 0
     ignored_records: int = 0
     """Log records accepted but not stored: they carry no GenAI event."""
+    size_bytes: int = 0
+    """The size of the request body it was decoded from, decompressed."""

@@ -233,12 +233,15 @@ def _decode(
             document = _load_json(body)
             if redactor is not None:
                 redactor.json(document)
-            return from_json(document)
-        request = request_type()
-        request.ParseFromString(bytes(body))
-        if redactor is not None:
-            redactor.protobuf(request)
-        return from_protobuf(request)
+            batch = from_json(document)
+        else:
+            request = request_type()
+            request.ParseFromString(bytes(body))
+            if redactor is not None:
+                redactor.protobuf(request)
+            batch = from_protobuf(request)
+        batch.size_bytes = len(body)
+        return batch
     except DecodeError:
         raise
     except ProtobufDecodeError as exc:

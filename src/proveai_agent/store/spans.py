@@ -200,13 +200,17 @@ class SpanStore:
         max_batch_spans: int = 20_000,
         min_free_bytes: int = 0,
         max_pending_spans: int = 100_000,
+        max_pending_bytes: int = 64 * 2**20,
     ) -> None:
         self._path = path
         self.max_pending_spans = max_pending_spans
         """Spans accepted but not yet committed, at most; a write past it is refused with
         StoreBusy. A single write larger than the bound is still taken when nothing else
         waits, so that no request is refused for ever."""
+        self.max_pending_bytes = max_pending_bytes
+        """The same bound on the request bytes those spans came in, for large spans."""
         self._pending_spans = 0
+        self._pending_bytes = 0
         self.busy_refusals = 0
         """Writes refused because the queue was full, since start."""
         self._busy = False
@@ -284,21 +288,32 @@ class SpanStore:
             self._checkpoint_conn.close()
             self._checkpoint_conn = None
 
-    async def write(self, spans: list[Span], details: list[SpanDetail]) -> None:
-        """Persist spans and details; raises StoreUnavailable when they were not committed."""
+    async def write(
+        self, spans: list[Span], details: list[SpanDetail], size_bytes: int = 0
+    ) -> None:
+        """Persist spans and details; raises StoreUnavailable when they were not committed.
+
+        `size_bytes` is the size of the request they came in, counted against
+        `max_pending_bytes` while they wait.
+        """
         if not spans and not details:
             return
         self._refuse_when_disk_low()
         count = len(spans) + len(details)
-        if self._pending_spans and self._pending_spans + count > self.max_pending_spans:
+        if self._pending_spans and (
+            self._pending_spans + count > self.max_pending_spans
+            or self._pending_bytes + size_bytes > self.max_pending_bytes
+        ):
             self.busy_refusals += 1
             if not self._busy:
                 self._busy = True
                 logger.warning(
-                    "span write queue holds %d uncommitted spans (bound %d): writes are"
-                    " refused with 503 until it drains",
+                    "span write queue holds %d uncommitted spans from %.1f MiB of requests"
+                    " (bounds %d spans, %.1f MiB): writes are refused with 503 until it drains",
                     self._pending_spans,
+                    self._pending_bytes / 2**20,
                     self.max_pending_spans,
+                    self.max_pending_bytes / 2**20,
                 )
             raise StoreBusy(
                 f"span store is busy: {self._pending_spans} spans wait to be committed;"
@@ -306,12 +321,18 @@ class SpanStore:
             )
         pending = _Pending(spans, details)
         self._pending_spans += count
+        self._pending_bytes += size_bytes
         try:
             self._queue.put_nowait(pending)
             await pending.future
         finally:
             self._pending_spans -= count
-            if self._busy and self._pending_spans <= self.max_pending_spans // 2:
+            self._pending_bytes -= size_bytes
+            if (
+                self._busy
+                and self._pending_spans <= self.max_pending_spans // 2
+                and self._pending_bytes <= self.max_pending_bytes // 2
+            ):
                 self._busy = False
                 logger.info("span write queue drained: writes are taken again")
 
