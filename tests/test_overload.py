@@ -157,14 +157,21 @@ async def test_full_write_queue_answers_503_with_retry_after_and_holds_no_more(
     assert len(stored_trace_ids(agent)) == 30
 
 
+async def agent_with_setting(agent_factory: Any, tmp_path: Any, name: str, value: int) -> Any:
+    """An agent started with `name = value` as read from a configuration file."""
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text(f"{name} = {value}\n")
+    read = getattr(load_config(config_file), name)
+    assert read == value
+    agent = await agent_factory(**{name: read})
+    assert getattr(agent.span_store, name) == value
+    return agent
+
+
 async def test_a_configured_smaller_queue_bound_is_the_one_enforced(
     agent_factory, http, tmp_path
 ):
-    config_file = tmp_path / "agent.toml"
-    config_file.write_text("max_pending_spans = 10\n")
-    bound = load_config(config_file).max_pending_spans
-    assert bound == 10
-    agent = await agent_factory(max_pending_spans=bound)
+    agent = await agent_with_setting(agent_factory, tmp_path, "max_pending_spans", 10)
     url = f"{agent.url}/v1/traces"
     gate, first = await ten_spans_waiting(agent, http)
     try:
@@ -183,11 +190,8 @@ async def test_a_configured_smaller_queue_bound_is_the_one_enforced(
 async def test_a_configured_byte_bound_refuses_large_spans_below_the_span_bound(
     agent_factory, http, tmp_path
 ):
-    config_file = tmp_path / "agent.toml"
-    config_file.write_text("max_pending_bytes = 2048\n")
-    bound = load_config(config_file).max_pending_bytes
-    assert bound == 2048
-    agent = await agent_factory(max_pending_bytes=bound)
+    agent = await agent_with_setting(agent_factory, tmp_path, "max_pending_bytes", 2048)
+    bound = agent.span_store.max_pending_bytes
     url = f"{agent.url}/v1/traces"
     timeout = aiohttp.ClientTimeout(total=10)
     # Alone, a request larger than the bound is still taken: nothing else waits.
