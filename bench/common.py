@@ -34,6 +34,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def settle(pid: int, quiet_s: float = 1.0, cap_s: float = 60.0) -> float:
+    """Wait until the process has used under 2 % of a CPU for `quiet_s`, at most `cap_s`:
+    its start-up work is over (a new data directory embeds the knowledge base's seeds, with
+    the embedding model open). Returns the seconds waited."""
+    started = time.monotonic()
+    before = cpu_seconds(pid)
+    while time.monotonic() - started < cap_s:
+        time.sleep(quiet_s)
+        now = cpu_seconds(pid)
+        if now - before < 0.02 * quiet_s:
+            break
+        before = now
+    return time.monotonic() - started
+
+
+def reset_peak_rss(pid: int) -> float:
+    """The peak RSS so far (VmHWM, MiB), then reset it (Linux clear_refs 5) so that the next
+    reading is the peak from now on: the peak under a load, not of the start-up."""
+    peak = peak_rss_mb(pid)
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return peak
+
+
 @dataclass
 class AgentProcess:
     proc: subprocess.Popen[bytes]

@@ -2,7 +2,8 @@
 
 Two concurrent clients post OTLP/HTTP protobuf requests of 500 spans to a `proveai-agent
 serve` subprocess. A 200 means committed, so persisted = spans found in SQLite afterwards
-over the time until the last 200. Peak RSS is the agent's VmHWM.
+over the time until the last 200. The agent finishes its start-up first (until it is idle);
+peak_rss_mb is its VmHWM under the load, start_rss_mb the start-up's before it.
 
     python bench/ingest.py [--quick]
 """
@@ -21,7 +22,15 @@ import aiohttp
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import KEY, cpu_seconds, peak_rss_mb, rag_request, start_agent
+from common import (
+    KEY,
+    cpu_seconds,
+    peak_rss_mb,
+    rag_request,
+    reset_peak_rss,
+    settle,
+    start_agent,
+)
 
 BATCH = 500
 CLIENTS = 2
@@ -56,6 +65,8 @@ def run(span_bytes: int, requests: int) -> dict[str, float]:
     bodies = [rag_request(BATCH, span_bytes, seq) for seq in range(requests)]
     agent = start_agent()
     try:
+        settle(agent.proc.pid)
+        start_rss = reset_peak_rss(agent.proc.pid)
         cpu0 = cpu_seconds(agent.proc.pid)
         ok, refused, seconds = asyncio.run(load(agent.url, bodies))
         cpu = cpu_seconds(agent.proc.pid) - cpu0
@@ -71,6 +82,7 @@ def run(span_bytes: int, requests: int) -> dict[str, float]:
         "refused": refused,
         "lost": ok * BATCH - stored,
         "rss": rss,
+        "start_rss": start_rss,
         "cpu": cpu,
         "seconds": seconds,
     }
@@ -128,13 +140,14 @@ def main() -> None:
     large_ceiling = ceiling(20480, 8 if args.quick else 40)
     print(
         f"{'size':>8} {'bytes/span':>10} {'accepted/s':>11} {'persisted/s':>12} "
-        f"{'refused':>8} {'lost':>5} {'cpu_s':>6} {'peak_rss_mb':>11}"
+        f"{'refused':>8} {'lost':>5} {'cpu_s':>6} {'peak_rss_mb':>11} {'start_rss_mb':>12}"
     )
     for name, r in (("2 KB", small), ("20 KB", large)):
         print(
             f"{name:>8} {r['span_bytes']:>10.0f} {r['accepted']:>11.0f} "
             f"{r['persisted']:>12.0f} "
             f"{r['refused']:>8.0f} {r['lost']:>5.0f} {r['cpu']:>6.1f} {r['rss']:>11.1f}"
+            f" {r['start_rss']:>12.1f}"
         )
     print("\nceiling in one thread (spans/s): bare decode, decode + executemany per request")
     for name, c, r in (("2 KB", small_ceiling, small), ("20 KB", large_ceiling, large)):
