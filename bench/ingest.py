@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import sqlite3
 import sys
 import tempfile
@@ -73,8 +74,12 @@ def run(span_bytes: int, requests: int) -> dict[str, float]:
         rss = peak_rss_mb(agent.proc.pid)
     finally:
         agent.stop()
-    with sqlite3.connect(agent.data_dir / "proveai.db") as conn:
+    conn = sqlite3.connect(agent.data_dir / "proveai.db")
+    try:
         stored = conn.execute("SELECT count(*) FROM spans").fetchone()[0]
+    finally:
+        conn.close()
+        shutil.rmtree(agent.data_dir, ignore_errors=True)
     return {
         "span_bytes": len(bodies[0]) / BATCH,
         "accepted": ok * BATCH / seconds,
