@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import aiohttp
 import pytest
-from textual.css.query import NoMatches
 from textual.pilot import Pilot
 
+from consolefix import screen_text, status_text
+from consolefix import until as wait_until
 from proveai_tui import format as fmt
 from proveai_tui.app import ConsoleApp, parse_args
 from proveai_tui.client import AgentClient, AgentError
@@ -45,6 +46,10 @@ SIZE = (80, 24)
 POLL_S = 0.2
 
 
+until = partial(wait_until, timeout_s=5.0)
+"""Waits at most 5.0 s for a state of the console."""
+
+
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeAgent]:
     server = FakeAgent(KEY)
@@ -60,29 +65,6 @@ def console(fake: FakeAgent, key: str | None = KEY) -> ConsoleApp:
     return ConsoleApp(client, PollingSource(client, interval_s=POLL_S))
 
 
-async def until(pilot: Pilot, condition: Callable[[], bool], what: str, timeout_s=5.0) -> None:
-    """Wait for the console to reach a state, failing with what was awaited."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not reached(condition):
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{screen_text(pilot.app)}")
-        await pilot.pause(0.05)
-
-
-def reached(condition: Callable[[], bool]) -> bool:
-    """The condition, false while the widgets it reads are not composed yet."""
-    try:
-        return condition()
-    except NoMatches:
-        return False
-
-
-def screen_text(app: ConsoleApp) -> str:
-    """The whole screen as the terminal would show it, without styles."""
-    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
-
-
 def panel(app: ConsoleApp, service: str) -> ServicePanel:
     panels = [p for p in app.overview_screen.query(ServicePanel) if p.service == service]
     assert panels, f"no panel for {service}"
@@ -91,11 +73,6 @@ def panel(app: ConsoleApp, service: str) -> ServicePanel:
 
 def metric(app: ConsoleApp, service: str, name: str) -> str:
     return panel(app, service).query_one(f".{name}", Metric).plain
-
-
-def status(app: ConsoleApp) -> str:
-    bar = app.screen.query_one("#status")
-    return " | ".join(w.plain for w in bar.query(QuietStatic) if w.display)
 
 
 def connected(app: ConsoleApp) -> bool:
@@ -761,15 +738,17 @@ async def test_lost_agent_keeps_data_and_screen_then_recovers(fake: FakeAgent) -
         screen = await open_case_screen(pilot)
 
         await fake.stop()
-        await until(pilot, lambda: "disconnected — retrying" in status(app), "disconnected")
+        await until(
+            pilot, lambda: "disconnected — retrying" in status_text(app), "disconnected"
+        )
         assert app.screen is screen
-        assert "cannot reach " + fake.url + ": connection refused" in status(app)
+        assert "cannot reach " + fake.url + ": connection refused" in status_text(app)
         assert "state INVESTIGATING" in screen.query_one(CaseHeader).plain
         await until(pilot, lambda: "disconnected — retrying" in screen_text(app), "the words")
 
         await pilot.press("escape")
         await until(pilot, lambda: isinstance(app.screen, OverviewScreen), "the overview")
-        assert "disconnected — retrying" in status(app)
+        assert "disconnected — retrying" in status_text(app)
         assert metric(app, "rag-api", "rate") == "rate 4.2 rps"
         assert app.overview_screen.query_one(CaseTable).case_ids == ["CASE-7", "CASE-6"]
 
@@ -777,7 +756,7 @@ async def test_lost_agent_keeps_data_and_screen_then_recovers(fake: FakeAgent) -
         await fake.start()
         await until(pilot, lambda: connected(app), "connected again")
         await until(pilot, lambda: metric(app, "rag-api", "rate") == "rate 5.0 rps", "new data")
-        assert "disconnected" not in status(app)
+        assert "disconnected" not in status_text(app)
 
 
 @pytest.mark.parametrize("key", ["wrong-key", None])
@@ -785,7 +764,7 @@ async def test_a_refused_key_reads_as_a_401_status(fake: FakeAgent, key: str | N
     app = console(fake, key=key)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.link is not None and app.link.state == "refused", "401")
-        text = status(app)
+        text = status_text(app)
         assert "key refused — retrying" in text
         assert "401 Unauthorized: missing or invalid API key" in text
         assert "PROVEAI_API_KEY" in text

@@ -7,10 +7,10 @@ field limits, not from the console's own output.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -20,6 +20,8 @@ from textual.pilot import Pilot
 from textual.widgets import Input, OptionList
 
 from agentfix import OPERATOR_KEY
+from consolefix import screen_text
+from consolefix import until as wait_until
 from proveai_agent.signals import Signal
 from proveai_tui.app import ConsoleApp, parse_args
 from proveai_tui.client import AgentClient
@@ -69,6 +71,10 @@ SUGGESTIONS = [
         },
     },
 ]
+
+
+until = partial(wait_until, timeout_s=5.0)
+"""Waits at most 5.0 s for a state of the console."""
 
 
 def analysis(suggestions: list[dict[str, Any]]) -> dict[str, Any]:
@@ -158,20 +164,6 @@ async def tracker() -> AsyncIterator[FakeTracker]:
 def console(agent, read_only: bool = False) -> ConsoleApp:
     client = AgentClient(agent.url, OPERATOR_KEY, timeout_s=5.0)
     return ConsoleApp(client, PollingSource(client, interval_s=0.2), read_only=read_only)
-
-
-async def until(pilot: Pilot, condition: Callable[[], bool], what: str, timeout_s=5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{screen_text(pilot.app)}")
-        await pilot.pause(0.05)
-
-
-def screen_text(app: ConsoleApp) -> str:
-    """The whole screen as the terminal would show it, without styles."""
-    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
 
 
 def visible(app: ConsoleApp) -> str:

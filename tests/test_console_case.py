@@ -7,7 +7,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import pytest
 from textual.pilot import Pilot
 
 from agentfix import OPERATOR_KEY
+from consolefix import screen_text, until
 from proveai_agent.cases.lifecycle import Request
 from proveai_agent.signals import Signal
 from proveai_agent.spans import Span
@@ -59,19 +60,6 @@ async def fake() -> AsyncIterator[FakeAgent]:
 def console(url: str, key: str) -> ConsoleApp:
     client = AgentClient(url, key, timeout_s=2.0)
     return ConsoleApp(client, PollingSource(client, interval_s=0.3))
-
-
-def screen_text(app: ConsoleApp) -> str:
-    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
-
-
-async def until(pilot: Pilot, condition: Callable[[], bool], what: str, timeout_s=10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{screen_text(pilot.app)}")
-        await pilot.pause(0.05)
 
 
 async def open_case(pilot: Pilot, case_id: str) -> CaseScreen:

@@ -7,13 +7,13 @@ table shows within a few seconds came over the stream.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
-from textual.pilot import Pilot
 
 from agentfix import OPERATOR_KEY, READ_KEY
+from consolefix import until as wait_until
 from proveai_agent.signals import Signal
 from proveai_tui.app import ConsoleApp
 from proveai_tui.client import AgentClient
@@ -27,6 +27,10 @@ SIZE = (80, 24)
 WITHIN_S = 5.0
 
 
+until = partial(wait_until, timeout_s=WITHIN_S)
+"""Waits at most WITHIN_S seconds for a state of the console."""
+
+
 def signal(service: str, at: float) -> Signal:
     return Signal(
         kind="error_spike",
@@ -38,14 +42,6 @@ def signal(service: str, at: float) -> Signal:
         severity="high",
         summary=f"error ratio 0.31 on {service} against 0.01 before",
     )
-
-
-async def until(pilot: Pilot, condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WITHIN_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
 
 
 def listed(app: ConsoleApp) -> list[str]:

@@ -44,6 +44,7 @@ from opentelemetry.trace import SpanKind
 from textual.pilot import Pilot
 
 from agentfix import OPERATOR_KEY, READ_KEY
+from consolefix import screen_text, until
 from proveai_agent.agent import Agent
 from proveai_agent.signals import Signal
 from proveai_agent.stack.native import MissingBinary, NativeStack, find_binary, free_port
@@ -276,19 +277,6 @@ async def live(agent_factory: Callable[..., Any], tmp_path: Path) -> AsyncIterat
         yield Live(agent, stack, trace_ids)
     finally:
         await asyncio.to_thread(stack.stop)
-
-
-def screen_text(app: ConsoleApp) -> str:
-    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
-
-
-async def until(pilot: Pilot, condition: Callable[[], bool], what: str, timeout_s=10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{screen_text(pilot.app)}")
-        await pilot.pause(0.05)
 
 
 async def move_down_to(pilot: Pilot, tree: SpanTree, name: str) -> None:

@@ -7,20 +7,21 @@ two decimals from 0.1 s, output tokens whole from 10 a second, scores to two dec
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import io
 import re
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 from rich.segment import Segments
-from textual.css.query import NoMatches
 from textual.pilot import Pilot
 
+from consolefix import screen_text
+from consolefix import until as wait_until
 from proveai_tui.app import ConsoleApp
 from proveai_tui.client import AgentClient
 from proveai_tui.feed import PollingSource
@@ -43,6 +44,10 @@ SMALL, LARGE = (80, 24), (200, 60)
 POLL_S = 0.2
 
 
+until = partial(wait_until, timeout_s=5.0)
+"""Waits at most 5.0 s for a state of the console."""
+
+
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeAgent]:
     server = FakeAgent(KEY)
@@ -56,27 +61,6 @@ async def fake() -> AsyncIterator[FakeAgent]:
 def console(fake: FakeAgent) -> ConsoleApp:
     client = AgentClient(fake.url, KEY, timeout_s=1.0)
     return ConsoleApp(client, PollingSource(client, interval_s=POLL_S))
-
-
-async def until(pilot: Pilot, condition: Callable[[], bool], what: str, timeout_s=5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not reached(condition):
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{screen_text(pilot.app)}")
-        await pilot.pause(0.05)
-
-
-def reached(condition: Callable[[], bool]) -> bool:
-    """The condition, false while the widgets it reads are not composed yet."""
-    try:
-        return condition()
-    except NoMatches:
-        return False
-
-
-def screen_text(app: ConsoleApp) -> str:
-    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
 
 
 def panel(app: ConsoleApp, service: str) -> ServicePanel:

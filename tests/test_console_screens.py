@@ -7,12 +7,12 @@ changes and records the test makes.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ from textual.pilot import Pilot
 from textual.widgets import Input
 
 from agentfix import OPERATOR_KEY
+from consolefix import screen_text
+from consolefix import until as wait_until
 from proveai_agent.signals import Signal
 from proveai_tui.app import ConsoleApp
 from proveai_tui.client import AgentClient
@@ -47,19 +49,8 @@ SIZE = (80, 24)
 T0 = 1_800_000_000.0
 
 
-def screen_text(app: ConsoleApp) -> str:
-    """The whole screen as the terminal would show it, without styles."""
-    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
-
-
-async def until(pilot: Pilot, condition: Callable[[], bool], what: str, timeout_s=8.0) -> None:
-    """Wait for the console to reach a state, failing with what was awaited."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{screen_text(pilot.app)}")
-        await pilot.pause(0.05)
+until = partial(wait_until, timeout_s=8.0)
+"""Waits at most 8.0 s for a state of the console."""
 
 
 def console(url: str, key: str) -> ConsoleApp:

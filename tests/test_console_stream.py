@@ -15,14 +15,16 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from textual.pilot import Pilot
 
 from agentfix import OPERATOR_KEY, READ_KEY, agent_config
+from consolefix import screen_text, status_text
+from consolefix import until as wait_until
 from proveai_agent.agent import Agent
 from proveai_agent.signals import Signal
 from proveai_agent.stack.native import free_port
@@ -32,7 +34,6 @@ from proveai_tui.feed import COALESCE_S, Snapshot, StreamSource
 from proveai_tui.screens.case import CaseScreen
 from proveai_tui.widgets.case_header import CaseHeader
 from proveai_tui.widgets.case_table import CaseTable
-from proveai_tui.widgets.quiet_static import QuietStatic
 from stackfix import VMHandle
 
 pytestmark = pytest.mark.console
@@ -40,6 +41,10 @@ pytestmark = pytest.mark.console
 SIZE = (80, 24)
 SLOW_POLL_S = 60.0
 PUSHED_WITHIN_S = 3.0
+
+
+until = partial(wait_until, timeout_s=5.0)
+"""Waits at most 5.0 s for a state of the console."""
 
 
 def signal(service: str, at: float) -> Signal:
@@ -118,15 +123,6 @@ def console(url: str) -> tuple[ConsoleApp, StreamSource]:
     return ConsoleApp(client, source), source
 
 
-def screen_text(app: ConsoleApp) -> str:
-    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
-
-
-def status(app: ConsoleApp) -> str:
-    bar = app.screen.query_one("#status")
-    return " | ".join(w.plain for w in bar.query(QuietStatic) if w.display)
-
-
 def connected(app: ConsoleApp) -> bool:
     return app.link is not None and app.link.state == "connected"
 
@@ -139,15 +135,6 @@ def row_text(app: ConsoleApp, case_id: str) -> str:
     cases = table(app)
     row = cases.get_row_at(cases.case_ids.index(case_id))
     return " ".join(getattr(cell, "plain", str(cell)) for cell in row)
-
-
-async def until(pilot: Pilot, condition: Callable[[], bool], what: str, timeout_s=5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{screen_text(pilot.app)}")
-        await pilot.pause(0.05)
 
 
 async def subscribed(agent: Agent, count: int = 1, timeout_s: float = 5.0) -> None:
@@ -230,14 +217,20 @@ async def test_a_case_opened_in_the_agent_appears_without_a_poll_and_follows_tra
         doc = await agent.case_service.on_signal(signal("shop-api", time.time()))
         case_id = doc["id"]
         await until(
-            pilot, lambda: table(app).case_ids == [case_id], "the pushed case", PUSHED_WITHIN_S
+            pilot,
+            lambda: table(app).case_ids == [case_id],
+            "the pushed case",
+            timeout_s=PUSHED_WITHIN_S,
         )
         assert "DETECTED" in row_text(app, case_id)
         assert "shop-api" in row_text(app, case_id)
 
         await transition(restartable.url, case_id, "TRIAGED")
         await until(
-            pilot, lambda: "TRIAGED" in row_text(app, case_id), "triaged", PUSHED_WITHIN_S
+            pilot,
+            lambda: "TRIAGED" in row_text(app, case_id),
+            "triaged",
+            timeout_s=PUSHED_WITHIN_S,
         )
 
         await pilot.press("enter")
@@ -252,7 +245,7 @@ async def test_a_case_opened_in_the_agent_appears_without_a_poll_and_follows_tra
             pilot,
             lambda: "state INVESTIGATING" in header.plain,
             "the case screen to follow the transition",
-            PUSHED_WITHIN_S,
+            timeout_s=PUSHED_WITHIN_S,
         )
 
 
@@ -277,31 +270,33 @@ async def test_an_agent_restart_shows_disconnected_keeps_the_case_screen_and_rec
 
         stopping = datetime.now(UTC)
         await restartable.stop()
-        await until(pilot, lambda: "disconnected — retrying" in status(app), "disconnected")
+        await until(
+            pilot, lambda: "disconnected — retrying" in status_text(app), "disconnected"
+        )
         assert app.screen is screen
         assert app.last_data is not None and app.last_data >= stopping, "data held until lost"
         assert "state DETECTED" in header.plain
-        assert "last data " in status(app)
-        assert "since " in status(app)
+        assert "last data " in status_text(app)
+        assert "since " in status_text(app)
         await until(
             pilot,
-            lambda: f"cannot reach {restartable.url}: connection refused" in status(app),
+            lambda: f"cannot reach {restartable.url}: connection refused" in status_text(app),
             "the reason after a failed reconnection",
         )
         await until(pilot, lambda: "disconnected — retrying" in screen_text(app), "the words")
 
         agent = await restartable.start()
-        await until(pilot, lambda: connected(app), "connected again", 10.0)
+        await until(pilot, lambda: connected(app), "connected again", timeout_s=10.0)
         await subscribed(agent)
         assert app.screen is screen
-        assert "disconnected" not in status(app)
+        assert "disconnected" not in status_text(app)
 
         second = await agent.case_service.on_signal(signal("shop-retriever", time.time()))
         await until(
             pilot,
             lambda: table(app).case_ids == [second["id"], case_id],
             "a case pushed by the restarted agent",
-            PUSHED_WITHIN_S,
+            timeout_s=PUSHED_WITHIN_S,
         )
         assert app.screen is screen
 

@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.error
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
-from textual.pilot import Pilot
 
 from agentfix import OPERATOR_KEY, READ_KEY
+from consolefix import status_text
+from consolefix import until as wait_until
 from proveai_agent import cli
 from proveai_agent.agent import Agent
 from proveai_agent.config import load
@@ -45,11 +47,14 @@ from proveai_tui.app import ConsoleApp, parse_args
 from proveai_tui.client import AgentClient, AgentError
 from proveai_tui.feed import StreamSource
 from proveai_tui.widgets.case_table import CaseTable
-from proveai_tui.widgets.quiet_static import QuietStatic
 
 SIZE = (80, 24)
 SLOW_POLL_S = 60.0
 TRACE = bytes.fromhex("5b8efff798038103d269b633813fc60c")
+
+
+until = partial(wait_until, timeout_s=5.0)
+"""Waits at most 5.0 s for a state of the console."""
 
 
 class Pems:
@@ -483,18 +488,6 @@ def test_the_console_refuses_a_ca_file_it_cannot_load(
         parse_args(["--agent", "https://127.0.0.1:1", "--ca-file", str(missing)])
     assert stopped.value.code == 2
     assert f"--ca-file: {missing}: no such file" in capsys.readouterr().err
-
-
-def status_text(app: ConsoleApp) -> str:
-    bar = app.screen.query_one("#status")
-    return " | ".join(w.plain for w in bar.query(QuietStatic) if w.display)
-
-
-async def until(pilot: Pilot, condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 5.0
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await pilot.pause(0.05)
 
 
 async def test_the_console_shows_cases_pushed_over_wss(tls_agent: Agent, pems: Pems) -> None:
