@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from proveai_agent.stack.native import free_port
+from proveai_agent.stack.native import NativeStack, free_port
 
 KEY = "bench-" + secrets.token_hex(8)
 
@@ -110,6 +112,40 @@ def start_agent(
             time.sleep(0.05)
     proc.kill()
     raise RuntimeError("agent did not start")
+
+
+@contextlib.contextmanager
+def scraped_agent(
+    base: Path, config: Path, scrape_s: float, *, victoriametrics: bool = True
+) -> Iterator[AgentProcess]:
+    """`proveai-agent serve` with configuration `config` and its data in `base`/agent,
+    scraped every `scrape_s` by the native Prometheus (and VictoriaMetrics) that it reads;
+    the agent and the stores are stopped on leaving."""
+    key_file = base / "scrape.key"
+    key_file.write_text(KEY)
+    port = free_port()
+    stack = NativeStack(
+        base / "stack",
+        agent_target=f"127.0.0.1:{port}",
+        agent_key_file=key_file,
+        scrape_interval_s=scrape_s,
+    )
+    stack.start()
+    agent = None
+    try:
+        stores = ["--prometheus", stack.prometheus_url]
+        if victoriametrics:
+            stores += ["--victoriametrics", stack.victoriametrics_url]
+        agent = start_agent(
+            *("--config", str(config), *stores, "--scrape-interval", str(scrape_s)),
+            data_dir=base / "agent",
+            port=port,
+        )
+        yield agent
+    finally:
+        if agent is not None:
+            agent.stop()
+        stack.stop()
 
 
 def _kv(key: str, value: str | int | float) -> KeyValue:

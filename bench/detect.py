@@ -34,9 +34,8 @@ from typing import Any
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import KEY, start_agent
+from common import KEY, scraped_agent
 from proveai_agent.simulate.library import WORKSPACE, Scenario, scenarios
-from proveai_agent.stack.native import NativeStack, free_port
 
 SCRAPE_S = 10
 DETECTION_LIMIT_S = 180
@@ -122,64 +121,39 @@ def main() -> int:
     suffixes = [f"d{index:02d}" for index in range(len(library))]
     config = base / "agent.toml"
     agent_config(config, workdir, suffixes)
-    key_file = base / "scrape.key"
-    key_file.write_text(KEY)
-    port = free_port()
-    stack = NativeStack(
-        base / "stack",
-        agent_target=f"127.0.0.1:{port}",
-        agent_key_file=key_file,
-        scrape_interval_s=SCRAPE_S,
-    )
-    stack.start()
-    agent = None
     runs: list[Run] = []
-    try:
-        agent = start_agent(
-            "--config",
-            str(config),
-            "--prometheus",
-            stack.prometheus_url,
-            "--victoriametrics",
-            stack.victoriametrics_url,
-            "--scrape-interval",
-            str(SCRAPE_S),
-            data_dir=base / "agent",
-            port=port,
-        )
-        started = time.time()
-        runs = [
-            start_run(s.name, suffix, agent.url, workdir, index + 1)
-            for index, (s, suffix) in enumerate(zip(library, suffixes, strict=True))
-        ]
-        runs.append(start_run(HEALTHY, "h", agent.url, workdir, 99))
-        last_onset = started + max(s.onset_s for s in library)
-        deadline = max(last_onset + DETECTION_LIMIT_S, started + healthy_s)
-        stopped: set[str] = set()
-        while time.time() < deadline:
-            time.sleep(SCRAPE_S)
+    with scraped_agent(base, config, SCRAPE_S) as agent:
+        try:
+            started = time.time()
+            runs = [
+                start_run(s.name, suffix, agent.url, workdir, index + 1)
+                for index, (s, suffix) in enumerate(zip(library, suffixes, strict=True))
+            ]
+            runs.append(start_run(HEALTHY, "h", agent.url, workdir, 99))
+            last_onset = started + max(s.onset_s for s in library)
+            deadline = max(last_onset + DETECTION_LIMIT_S, started + healthy_s)
+            stopped: set[str] = set()
+            while time.time() < deadline:
+                time.sleep(SCRAPE_S)
+                found = cases(agent.url)
+                for run in runs:
+                    if run.scenario is None or run.name in stopped or run.onset_at is None:
+                        continue
+                    own = run.services()[run.scenario.service]
+                    late = time.time() > run.onset_at + DETECTION_LIMIT_S
+                    if late or any(case["service"] == own for case in found):
+                        run.process.terminate()
+                        stopped.add(run.name)
+            healthy_end = time.time()
             found = cases(agent.url)
+        finally:
             for run in runs:
-                if run.scenario is None or run.name in stopped or run.onset_at is None:
-                    continue
-                own = run.services()[run.scenario.service]
-                late = time.time() > run.onset_at + DETECTION_LIMIT_S
-                if late or any(case["service"] == own for case in found):
-                    run.process.terminate()
-                    stopped.add(run.name)
-        healthy_end = time.time()
-        found = cases(agent.url)
-    finally:
-        for run in runs:
-            run.process.terminate()
-        for run in runs:
-            try:
-                run.process.wait(15)
-            except subprocess.TimeoutExpired:
-                run.process.kill()
-        if agent is not None:
-            agent.stop()
-        stack.stop()
+                run.process.terminate()
+            for run in runs:
+                try:
+                    run.process.wait(15)
+                except subprocess.TimeoutExpired:
+                    run.process.kill()
 
     return report(runs, found, healthy_end - started)
 

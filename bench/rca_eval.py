@@ -34,12 +34,11 @@ from typing import Any
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import KEY, start_agent
+from common import KEY, scraped_agent
 from proveai_agent.config import EngineConfig
 from proveai_agent.engine import local
 from proveai_agent.engine.service import Engine
 from proveai_agent.simulate.library import WORKSPACE, Scenario, scenarios
-from proveai_agent.stack.native import NativeStack, free_port
 
 ONSET_S = 75
 SETTLE_S = 90
@@ -166,33 +165,10 @@ def main() -> int:
     suffixes = [f"r{n}s{i:02d}" for n in range(rounds) for i in range(len(library))]
     config = base / "agent.toml"
     write_config(config, workdir, suffixes, args.model)
-    key_file = base / "scrape.key"
-    key_file.write_text(KEY)
-    port = free_port()
-    stack = NativeStack(
-        base / "stack",
-        agent_target=f"127.0.0.1:{port}",
-        agent_key_file=key_file,
-        scrape_interval_s=1,
-    )
-    stack.start()
-    agent = None
     results: list[tuple[Scenario, dict[str, Any] | None]] = []
-    try:
-        agent = start_agent(
-            "--config",
-            str(config),
-            "--prometheus",
-            stack.prometheus_url,
-            data_dir=base / "agent",
-            port=port,
-        )
+    with scraped_agent(base, config, 1, victoriametrics=False) as agent:
         for number in range(rounds):
             results += run_round(library, number, agent.url, workdir)
-    finally:
-        if agent is not None:
-            agent.stop()
-        stack.stop()
     return report(results)
 
 

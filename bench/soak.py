@@ -12,9 +12,10 @@ them, then for the whole run, at once:
   case, changes, audit) and holds the `/api/stream` websocket, reconnecting if it drops.
 
 The agent's resident memory (VmRSS) is read every few seconds; its growth is from the end
-of the warm-up (a fifth of the run) to the end. Spans lost are the spans of `bench-rag`
-the agent acknowledged (200) and that are not in its database at the end; retention is
-set far above what the run writes, so none of them may be deleted.
+of the warm-up (a fifth of the run, and at least until the first case has been analysed;
+the local models are kept open) to the end. Spans lost are the spans of `bench-rag` the
+agent acknowledged (200) and that are not in its database at the end; retention is set far
+above what the run writes, so none of them may be deleted.
 
     python bench/soak.py [--duration 1800] [--quick] [--rate 200]
 
@@ -39,9 +40,8 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import KEY, AgentProcess, cpu_seconds, peak_rss_mb, rag_request, start_agent
+from common import KEY, AgentProcess, cpu_seconds, peak_rss_mb, rag_request, scraped_agent
 from proveai_agent.simulate.library import WORKSPACE
-from proveai_agent.stack.native import NativeStack, free_port
 
 SCRAPE_S = 10
 SERVICE = "bench-rag"
@@ -72,6 +72,9 @@ class Load:
     acknowledged: int = 0
     stream_messages: Counter[str] = field(default_factory=Counter)
     rss: list[tuple[float, float]] = field(default_factory=list)
+    analysed_at: float | None = None
+    """Seconds into the run when the poller first saw an analysed case: the local models
+    are open from then on."""
 
 
 def rss_mb(pid: int) -> float:
@@ -115,7 +118,14 @@ async def ingest(
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
 
-async def poll(http: aiohttp.ClientSession, url: str, until: float, tally: Tally) -> None:
+async def poll(
+    http: aiohttp.ClientSession,
+    url: str,
+    until: float,
+    tally: Tally,
+    load: Load,
+    started: float,
+) -> None:
     """What the console asks for: every second, each screen's data and the newest case."""
     while time.monotonic() < until:
         newest = None
@@ -124,7 +134,9 @@ async def poll(http: aiohttp.ClientSession, url: str, until: float, tally: Tally
             if path.startswith("/api/cases") and answer and answer.get("items"):
                 newest = answer["items"][0]["id"]
         if newest:
-            await get(http, url, f"/api/cases/{newest}", tally, "/api/cases/{id}")
+            case = await get(http, url, f"/api/cases/{newest}", tally, "/api/cases/{id}")
+            if case and case.get("analysis") and load.analysed_at is None:
+                load.analysed_at = time.monotonic() - started
         await asyncio.sleep(1.0)
 
 
@@ -182,7 +194,7 @@ async def soak(agent: AgentProcess, duration_s: float, rate: float) -> tuple[Tal
     async with aiohttp.ClientSession(timeout=timeout) as http:
         await asyncio.gather(
             ingest(http, agent.url, rate, until, tally, load),
-            poll(http, agent.url, until, tally),
+            poll(http, agent.url, until, tally, load, started),
             stream(http, agent.url, until, tally, load),
             sample(agent.proc.pid, until, load, started),
         )
@@ -218,53 +230,41 @@ def main() -> int:
         shutil.copytree(WORKSPACE / name, workdir / name)
     config = base / "agent.toml"
     # Retention far above what the run writes: every acknowledged span must still be there.
-    config.write_text(f"retention_age_s = {30 * 86400}\nretention_bytes = {1 << 40}\n")
-    key_file = base / "scrape.key"
-    key_file.write_text(KEY)
-    port = free_port()
-    stack = NativeStack(
-        base / "stack",
-        agent_target=f"127.0.0.1:{port}",
-        agent_key_file=key_file,
-        scrape_interval_s=SCRAPE_S,
+    # The local models stay open (model_idle_s = 0: they load at start), so that neither
+    # their load nor their closing after a quiet spell counts as growth.
+    config.write_text(
+        f"retention_age_s = {30 * 86400}\nretention_bytes = {1 << 40}\n"
+        "[engine]\nmodel_idle_s = 0\n"
     )
-    stack.start()
-    agent = simulator = None
-    try:
-        agent = start_agent(
-            "--config",
-            str(config),
-            "--prometheus",
-            stack.prometheus_url,
-            "--victoriametrics",
-            stack.victoriametrics_url,
-            "--scrape-interval",
-            str(SCRAPE_S),
-            data_dir=base / "agent",
-            port=port,
-        )
-        simulator = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "proveai_agent", "simulate", "--seed", "7"),
-                *("--scenario", SCENARIO, "--onset", str(onset_s), "--workdir", str(workdir)),
-                *("--agent", agent.url, "--api-key", KEY, "--service-suffix", "soak"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        cpu_before = cpu_seconds(agent.proc.pid)
-        tally, load = asyncio.run(soak(agent, duration_s, args.rate))
-        simulator.terminate()
-        simulator.wait(15)
-        alive = agent.proc.poll() is None
-        cpu_s = cpu_seconds(agent.proc.pid) - cpu_before if alive else float("nan")
-        peak = peak_rss_mb(agent.proc.pid) if alive else float("nan")
-    finally:
-        if simulator is not None and simulator.poll() is None:
-            simulator.kill()
-        if agent is not None:
-            agent.stop()
-        stack.stop()
+    simulator = None
+    with scraped_agent(base, config, SCRAPE_S) as agent:
+        try:
+            simulator = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "proveai_agent", "simulate", "--seed", "7"),
+                    *(
+                        "--scenario",
+                        SCENARIO,
+                        "--onset",
+                        str(onset_s),
+                        "--workdir",
+                        str(workdir),
+                    ),
+                    *("--agent", agent.url, "--api-key", KEY, "--service-suffix", "soak"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            cpu_before = cpu_seconds(agent.proc.pid)
+            tally, load = asyncio.run(soak(agent, duration_s, args.rate))
+            simulator.terminate()
+            simulator.wait(15)
+            alive = agent.proc.poll() is None
+            cpu_s = cpu_seconds(agent.proc.pid) - cpu_before if alive else float("nan")
+            peak = peak_rss_mb(agent.proc.pid) if alive else float("nan")
+        finally:
+            if simulator is not None and simulator.poll() is None:
+                simulator.kill()
 
     db_path = base / "agent" / "proveai.db"
     stored = stored_spans(db_path)
@@ -291,7 +291,9 @@ def report(
     for endpoint, what in tally.first_error.items():
         print(f"first error on {endpoint}: {what}")
 
-    warm_until = duration_s / 5
+    # Warm-up: a fifth of the run, and at least until the first case was analysed (the
+    # models it opened are in memory from then on), then the next sample.
+    warm_until = max(duration_s / 5, load.analysed_at or 0.0)
     warm = [mb for at, mb in load.rss if at >= warm_until]
     rss_warm = warm[0] if warm else float("nan")
     rss_end = load.rss[-1][1] if load.rss else float("nan")
