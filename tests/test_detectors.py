@@ -108,6 +108,27 @@ async def test_error_spike_fires_when_the_baseline_had_no_errors(vm: VMHandle) -
     assert signals[0].evidence["baseline_median"] == 0.0
 
 
+def quiet_window(failed: int) -> str:
+    """A baseline with 0.4 % errors, then 13 calls in the window of which `failed` fail."""
+    return history(
+        ok=[(START, CUT, 0.996), (CUT, NOW, (13 - failed) / 60)],
+        errors=[(START, CUT, 0.004), (CUT, NOW, failed / 60)],
+    )
+
+
+async def test_one_failure_in_a_quiet_window_is_not_a_spike(vm: VMHandle) -> None:
+    # 1 of 13 calls failed: 7.7 %, above the 5 % floor and the baseline's 0.4 %, but it is
+    # one failed call, fewer than error_min_errors (3).
+    assert await run(vm, quiet_window(1)) == []
+
+
+async def test_three_failures_in_the_same_quiet_window_are_a_spike(vm: VMHandle) -> None:
+    signals = await run(vm, quiet_window(3))
+    assert [s.kind for s in signals] == ["error_spike"]
+    assert signals[0].evidence["traffic"]["errors"] == pytest.approx(3)
+    assert signals[0].evidence["current"] == pytest.approx(3 / 13)
+
+
 async def test_latency_regression_fires_on_p95(vm: VMHandle) -> None:
     text = history(
         ok=[(START, NOW, 2.0)],

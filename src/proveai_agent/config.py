@@ -52,6 +52,7 @@ class DetectorConfig:
     latency_shift_k: float = 4.0
     error_ratio_min: float = 0.05
     error_mad_k: float = 4.0
+    error_min_errors: int = 3
 
 
 @dataclass(slots=True)

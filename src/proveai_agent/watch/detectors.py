@@ -6,7 +6,9 @@ window starts, one point every `baseline_step_s`, summarised by its median and i
 median absolute deviation (MAD). With σ = 1.4826 × MAD (the MAD scaled to a standard deviation):
 
 - error spike: the error ratio (error calls / calls) fires above
-  max(error_ratio_min, median + error_mad_k × σ);
+  max(error_ratio_min, median + error_mad_k × σ), and only with at least
+  `error_min_errors` failed calls in the window: one failure among a dozen calls is a
+  ratio above any threshold, not a spike;
 - latency regression: p95 (from the histogram buckets) or mean latency (from _sum and
   _count) fires above max(latency_factor × median, median + latency_mad_k × σ). The mean
   catches requests slower than the top bucket, where p95 is stuck at the top finite bound.
@@ -297,7 +299,8 @@ def _error_spike(
     base = robust_baseline(points)
     current = errors / ctx.calls
     threshold = max(config.error_ratio_min, base.median + config.error_mad_k * base.sigma)
-    if current <= threshold:
+    # increase() extrapolates to the window's edges: counts are not whole numbers.
+    if current <= threshold or errors < config.error_min_errors - 1e-9:
         return None
 
     service, span = ctx.key
