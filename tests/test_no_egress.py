@@ -23,7 +23,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -168,19 +168,22 @@ def require_backends() -> None:
             pytest.skip(str(exc))
 
 
-def strace_child(strace_pid: int) -> int:
-    """The command strace started (its only child)."""
+def strace_child(strace_pid: int, command: Sequence[str]) -> int:
+    """The process strace started for `command`, once it runs it.
+
+    A child is taken only when its command line is `command`'s: one found earlier may be a
+    process that is gone a moment later, whose namespace cannot be entered then.
+    """
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        children = [
-            int(pid)
-            for task in Path(f"/proc/{strace_pid}/task").iterdir()
-            for pid in (task / "children").read_text().split()
-        ]
-        if children:
-            return children[0]
+        for task in Path(f"/proc/{strace_pid}/task").iterdir():
+            for pid in (task / "children").read_text().split():
+                with contextlib.suppress(OSError):
+                    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+                    if [a.decode(errors="replace") for a in argv[1:]] == list(command[1:]):
+                        return int(pid)
         time.sleep(0.05)
-    raise AssertionError("strace started no command")
+    raise AssertionError(f"strace did not start {command}")
 
 
 class Demo:
@@ -199,7 +202,7 @@ class Demo:
             stderr=subprocess.STDOUT,
             env=environment(),
         )
-        self.pid = strace_child(self.strace.pid)
+        self.pid = strace_child(self.strace.pid, command)
         self.namespace = os.readlink(f"/proc/{self.pid}/ns/net")
         assert self.namespace != os.readlink("/proc/self/ns/net"), "the demo is not isolated"
 
