@@ -119,12 +119,11 @@ class SpanMetrics:
                     span.operation or "",
                     span.provider or "",
                 )
-                seconds = max(0, span.end_ns - span.start_ns) / 1e9
                 values = durations.get(ident)
                 if values is None:
-                    durations[ident] = [seconds]
+                    durations[ident] = [span.duration_s]
                 else:
-                    values.append(seconds)
+                    values.append(span.duration_s)
             if span.input_tokens is not None:
                 counted = (service, model, "input")
                 tokens[counted] = tokens.get(counted, 0) + span.input_tokens
